@@ -1,0 +1,171 @@
+"""The jobs behind the CLI, as plain functions: quantize a model directory, evaluate one, inspect one."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from lowbit.data import calibration_windows, read_text, tokenize_text
+from lowbit.errors import LowbitError
+from lowbit.eval import cosine_to_reference, perplexity
+from lowbit.export.checkpoint import load_with_tokenizer, read_quant_config, save_quantized
+from lowbit.models import load_model, resolve_source
+from lowbit.models.load import ASSETS
+from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
+from lowbit.quantizers import WeightSpec
+
+METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}
+DEMO_EVAL = ASSETS / "demo" / "eval.txt"
+DEMO_CALIB = ASSETS / "demo" / "calib.txt"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_config(
+    method: str, bits: int, group_size: int, symmetric: bool = True, **kw: object
+) -> RTNConfig | GPTQConfig:
+    """A method's config from CLI-style arguments, with clear errors."""
+    if method not in METHODS:
+        raise LowbitError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[method](weight=WeightSpec(bits, group_size, symmetric), **kw)  # type: ignore[arg-type]
+
+
+def quantize_dir(
+    src: str | Path, out: str | Path, config: RTNConfig | GPTQConfig, calib: str | Path | None = None,
+    calib_config: CalibConfig | None = None, progress: bool = True,
+) -> dict:
+    """Load SRC, quantize it with `config` (sequential calibration for GPTQ) and write a checkpoint to OUT."""
+    out = Path(out)
+    calib_config = calib_config or CalibConfig()
+    if out.exists():
+        raise LowbitError(f"{out} already exists; choose a new --out directory or remove the old one")
+    t0 = time.perf_counter()
+    src_path = resolve_source(src)
+    if config.needs_calibration:  # read the text before the (slow) model load so bad input fails fast
+        text = read_text(calib, "calibration") if calib is not None else _default_text(src_path, "calib")
+    loaded = load_model(src_path)
+    tokens = None
+    if config.needs_calibration:
+        tokens = calibration_windows(loaded.tokenizer, text, calib_config.n_samples, calib_config.seq_len,
+                                     calib_config.seed)
+    result = quantize(loaded.model, loaded.family, config, tokens, calib_config.batch_size, progress)
+    meta = {"method": config.method, "source": str(src_path), "quantize_seconds": round(result.seconds, 3)}
+    if tokens is not None:
+        meta["calibration"] = {"samples": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]),
+                               "activation_bytes": result.calib_bytes}
+    qcfg = save_quantized(loaded.model, result.weights, src_path, out, meta)
+    return {"out": str(out), "method": config.method, "bits": config.weight.bits,
+            "group_size": config.weight.group_size, "bits_per_weight": qcfg["bits_per_weight"],
+            "quantize_seconds": result.seconds, "total_seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb(), "calib_activation_mb": result.calib_bytes / 2**20}
+
+
+def _default_text(path: Path, split: str) -> str:
+    """The bundled demo split (calib or eval); other models need an explicit file unless they are the demo."""
+    f = ASSETS / "demo" / f"{split}.txt"
+    if not f.is_file():
+        raise LowbitError(f"bundled {split} text missing at {f}; reinstall lowbit")
+    return read_text(f, split)
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of the model's weight files on disk."""
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+def evaluate(
+    src: str | Path, text: str | Path | None = None, reference: str | Path | None = None, window: int = 512,
+    stride: int = 256, progress: bool = True,
+) -> dict:
+    """Perplexity (causal LMs) or cosine to a reference (encoders), bits per weight and bytes on disk."""
+    loaded = load_with_tokenizer(src)
+    path = loaded.path
+    body = read_text(text, "evaluation") if text is not None else _default_text(path, "eval")
+    qcfg = read_quant_config(path)
+    res: dict = {"model": str(path), "family": loaded.family.name, "bytes": weight_bytes(path),
+                 "bits_per_weight": qcfg["bits_per_weight"] if qcfg else _float_bits(path)}
+    if qcfg:
+        res["method"], res["bits"], res["group_size"] = qcfg.get("method"), qcfg["bits"], qcfg["group_size"]
+    if loaded.family.kind == "causal":
+        ids = tokenize_text(loaded.tokenizer, body)
+        bos = getattr(loaded.tokenizer, "bos_token_id", None)
+        limit = getattr(loaded.model.config, "max_position_embeddings", window) or window
+        win = min(window, limit)
+        res["perplexity"] = perplexity(loaded.model, ids, win, min(stride, win), bos, progress)
+        res["eval_tokens"] = int(ids.numel())
+    if reference is not None:
+        ref = load_model(reference)
+        if ref.family.kind != "encoder" or loaded.family.kind != "encoder":
+            if loaded.family.kind == "causal":
+                res["cosine_to_reference"] = _logit_cosine(loaded, ref, body)
+            else:
+                raise LowbitError("--reference must be the same kind of model as the one evaluated")
+        else:
+            res["cosine_to_reference"] = cosine_to_reference(loaded.model, ref.model, loaded.tokenizer, body)
+    return res
+
+
+def _logit_cosine(loaded: object, ref: object, text: str, n: int = 2048) -> float:
+    """Mean cosine of next-token logits of two causal LMs over the first n tokens of the text."""
+    ids = tokenize_text(loaded.tokenizer, text)[:n][None]  # type: ignore[attr-defined]
+    with torch.no_grad():
+        a = loaded.model(input_ids=ids, use_cache=False).logits[0]  # type: ignore[attr-defined]
+        b = ref.model(input_ids=ids, use_cache=False).logits[0]  # type: ignore[attr-defined]
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean().item()
+
+
+def _float_bits(path: Path) -> float:
+    """Bits per weight of an unquantized checkpoint, from its stored dtype."""
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                if k.endswith(".weight") and len(h.get_slice(k).get_shape()) == 2:
+                    dt = h.get_slice(k).get_dtype()
+                    return {"F16": 16.0, "BF16": 16.0, "F32": 32.0}.get(dt, float("nan"))
+    return float("nan")
+
+
+def inspect_dir(src: str | Path) -> dict:
+    """What a model directory or lowbit checkpoint holds: architecture, tensors, quantization, sizes."""
+    from safetensors import safe_open
+
+    from lowbit.models.load import check_weight_files, family_of, read_config
+
+    path = resolve_source(src)
+    config = read_config(path)
+    fam = family_of(config, path)
+    files = check_weight_files(path)
+    counts: dict[str, int] = {}
+    n_tensors, n_params = 0, 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                sl = h.get_slice(k)
+                dt = sl.get_dtype()
+                counts[dt] = counts.get(dt, 0) + 1
+                n_tensors += 1
+                shape = sl.get_shape()
+                n = 1
+                for s in shape:
+                    n *= s
+                n_params += n
+    qcfg = read_quant_config(path)
+    return {"path": str(path), "model_type": config.get("model_type"), "family": fam.name,
+            "layers": config.get("num_hidden_layers"), "hidden_size": config.get("hidden_size"),
+            "tensors": n_tensors, "stored_elements": n_params, "dtypes": counts, "bytes": weight_bytes(path),
+            "quantization": None if qcfg is None else {k: v for k, v in qcfg.items() if k != "modules"}
+            | {"quantized_modules": len(qcfg["modules"])}}
+
+
+def describe(res: dict) -> str:
+    """One JSON line."""
+    return json.dumps(res, sort_keys=True, default=str)

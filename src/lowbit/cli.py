@@ -1,0 +1,130 @@
+"""The `lowbit` command: a thin layer over lowbit.api."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lowbit.errors import LowbitError
+
+
+def _quantize(a: argparse.Namespace) -> None:
+    from lowbit import api
+    from lowbit.ptq import CalibConfig
+
+    extra = {"damp": a.damp, "act_order": not a.no_act_order} if a.method == "gptq" else {}
+    config = api.make_config(a.method, a.bits, a.group_size, not a.asym, **extra)
+    calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len)
+    res = api.quantize_dir(a.src, a.out, config, a.calib, calib)
+    print(api.describe(res) if a.json else
+          f"wrote {res['out']}: {config.weight.describe()} via {a.method}, {res['bits_per_weight']:.3f} bits/weight, "
+          f"{res['quantize_seconds']:.1f} s quantizing, peak RSS {res['peak_rss_mb']:.0f} MiB")
+
+
+def _eval(a: argparse.Namespace) -> None:
+    from lowbit import api
+
+    res = api.evaluate(a.src, a.text, a.reference, a.window, a.stride, progress=not a.json)
+    if a.json:
+        print(api.describe(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v}")
+
+
+def _inspect(a: argparse.Namespace) -> None:
+    from lowbit import api
+
+    print(json.dumps(api.inspect_dir(a.src), indent=2, default=str))
+
+
+def _demo(a: argparse.Namespace) -> None:
+    from lowbit import api
+
+    root = Path(tempfile.mkdtemp(prefix="lowbit-demo-")) if a.keep is None else Path(a.keep)
+    rows = []
+    try:
+        t = time.perf_counter()
+        fp = api.evaluate("demo", progress=False)
+        rows.append(("fp16 (original)", 16, fp["perplexity"], fp["bytes"], time.perf_counter() - t,
+                     fp["bits_per_weight"]))
+        for bits in (4, 3):
+            for method in ("rtn", "gptq"):
+                cfg = api.make_config(method, bits, 128)
+                print(f"quantizing the demo model: {method} W{bits} g128 ...", file=sys.stderr, flush=True)
+                q = api.quantize_dir("demo", root / f"{method}-w{bits}g128", cfg, progress=True)
+                ev = api.evaluate(q["out"], progress=False)
+                rows.append((method, bits, ev["perplexity"], ev["bytes"], q["quantize_seconds"],
+                             ev["bits_per_weight"]))
+    finally:
+        if a.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\nlowbit demo: a {fp['family']} model trained on the Python docs; perplexity on the held-out split "
+          f"({fp['eval_tokens']:,} tokens)\n")
+    print(f"{'method':<16}{'bits':>5}{'bits/w':>8}{'perplexity':>12}{'vs fp16':>9}{'size MB':>9}{'time s':>8}")
+    for name, bits, ppl, size, secs, bpw in rows:
+        print(f"{name:<16}{bits:>5}{bpw:>8.2f}{ppl:>12.2f}{ppl / rows[0][2]:>8.3f}x{size / 1e6:>9.2f}{secs:>8.2f}")
+    if a.keep is not None:
+        print(f"\ncheckpoints kept in {root}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `lowbit` command."""
+    p = argparse.ArgumentParser(prog="lowbit", description="Make neural networks low-bit for real.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    q = sub.add_parser("quantize", help="quantize a Hugging Face model directory (or 'demo', 'minilm')")
+    q.add_argument("src")
+    q.add_argument("--method", default="gptq", help="rtn or gptq (default gptq)")
+    q.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
+    q.add_argument("--group-size", type=int, default=128, help="group size along the input dim; 0 per channel")
+    q.add_argument("--asym", action="store_true", help="asymmetric ranges (a zero point per group)")
+    q.add_argument("--calib", help="calibration text file (default: the demo's calibration split)")
+    q.add_argument("--n-samples", type=int, default=128, help="calibration windows (default 128)")
+    q.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H)")
+    q.add_argument("--no-act-order", action="store_true", help="GPTQ: keep the natural column order")
+    q.add_argument("--out", required=True, help="output directory (must not exist)")
+    q.add_argument("--json", action="store_true", help="print one JSON line")
+    q.set_defaults(fn=_quantize)
+
+    e = sub.add_parser("eval", help="perplexity / cosine fidelity / size of a model or checkpoint")
+    e.add_argument("src")
+    e.add_argument("--text", help="evaluation text file (default: the demo's held-out split)")
+    e.add_argument("--reference", help="reference model: cosine of embeddings (encoders) or logits (LMs)")
+    e.add_argument("--window", type=int, default=512)
+    e.add_argument("--stride", type=int, default=256)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(fn=_eval)
+
+    d = sub.add_parser("demo", help="quantize the bundled demo model with RTN and GPTQ at 4 and 3 bits")
+    d.add_argument("--keep", help="keep the checkpoints in this directory")
+    d.set_defaults(fn=_demo)
+
+    i = sub.add_parser("inspect", help="what a model directory or checkpoint holds")
+    i.add_argument("src")
+    i.set_defaults(fn=_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand; user errors print one line and exit with code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except LowbitError as e:
+        print(f"lowbit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lowbit: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Text files to token tensors: calibration windows and evaluation streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lowbit.errors import LowbitError
+
+
+def read_text(path: str | Path, what: str = "text") -> str:
+    """Read a UTF-8 text file, with clear errors for a missing, binary or empty file."""
+    p = Path(path)
+    if not p.is_file():
+        raise LowbitError(f"{what} file {p} does not exist; give a path to a UTF-8 text file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LowbitError(f"{what} file {p} is not UTF-8 text ({e}); convert it with iconv first") from e
+    if not text.strip():
+        raise LowbitError(f"{what} file {p} is empty; it needs some real text (a few KB at least)")
+    return text
+
+
+def tokenize_text(tokenizer: object, text: str) -> torch.Tensor:
+    """All token ids of a text, without special tokens, as a 1-D LongTensor."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # silence "sequence longer than the model's maximum" warnings
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _special(tokenizer: object) -> tuple[list[int], list[int]]:
+    """Tokens a model expects around a window: [CLS] .. [SEP] for encoders, <s> .. for decoders."""
+    cls_, sep = getattr(tokenizer, "cls_token_id", None), getattr(tokenizer, "sep_token_id", None)
+    if cls_ is not None and sep is not None:
+        return [cls_], [sep]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return ([bos] if bos is not None else []), []
+
+
+def calibration_windows(
+    tokenizer: object, text: str, n_samples: int = 128, seq_len: int = 256, seed: int = 0
+) -> torch.Tensor:
+    """n_samples windows [n, seq_len] of consecutive tokens at random offsets, with the model's special tokens."""
+    ids = tokenize_text(tokenizer, text)
+    head, tail = _special(tokenizer)
+    body = seq_len - len(head) - len(tail)
+    if ids.numel() < 16:
+        raise LowbitError(f"the calibration text has only {ids.numel()} tokens; give at least a few KB of text")
+    body = min(body, ids.numel())
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - body + 1, (n_samples,), generator=g)
+    rows = [torch.cat([torch.tensor(head, dtype=torch.long), ids[s:s + body], torch.tensor(tail, dtype=torch.long)])
+            for s in starts.tolist()]
+    return torch.stack(rows)

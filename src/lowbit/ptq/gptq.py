@@ -1,0 +1,113 @@
+"""GPTQ: accurate post-training quantization from second-order information (Frantar et al., ICLR 2023).
+
+Per linear layer: the Hessian H = 2/n sum x x^T of its calibration inputs, dampening, optional activation
+ordering (columns by decreasing diag(H)), and lazy blocked updates with the upper Cholesky factor of H^-1.
+Group scales are fitted during the sweep, when the first column of a group is reached (with activation
+order, groups stay contiguous in the original column order, so checkpoints need no g_idx).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.errors import LowbitError
+from lowbit.formats import dequantize, quantize
+from lowbit.quantizers import QuantizedWeight, WeightSpec, fit_ranges
+
+
+class HessianAccumulator:
+    """Running H = 2/n sum x x^T over the rows of the inputs a linear layer sees."""
+
+    def __init__(self, in_features: int) -> None:
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Fold a batch of inputs [..., in_features] into the Hessian."""
+        x = x.reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        self.H.mul_(self.n / (self.n + m))
+        self.n += m
+        x = x * (2.0 / self.n) ** 0.5
+        self.H.addmm_(x.t(), x)
+
+
+def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag) I)^-1, raising the dampening if H is not positive."""
+    mean_diag = torch.mean(torch.diag(H)).item()
+    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    for factor in (1, 10, 100, 1000):
+        L, info = torch.linalg.cholesky_ex(H + damp * factor * mean_diag * eye)
+        if info.item() == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info.item() == 0:
+                return U
+    raise LowbitError("GPTQ: the Hessian is not positive definite even with strong dampening; "
+                      "use more or longer calibration texts (--calib) or --method rtn")
+
+
+def gptq_quantize(
+    W: torch.Tensor, H: torch.Tensor, spec: WeightSpec, damp: float = 0.01, act_order: bool = True,
+    block_size: int = 128,
+) -> QuantizedWeight:
+    """Quantize a weight [out, in] with GPTQ given its input Hessian [in, in]."""
+    if not torch.isfinite(W).all():
+        raise LowbitError("the weight holds NaN or Inf values; fix or re-export the checkpoint before quantizing")
+    out, cols = W.shape
+    n_groups = spec.groups(cols)
+    gs = cols if spec.group_size <= 0 else spec.group_size
+    W = W.detach().clone().float()
+    H = H.clone().double()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    if spec.group_size == -1:  # per tensor: one range for the whole weight, fixed up front
+        s, z = fit_ranges(W.reshape(1, -1), spec)
+        scales, zeros = s.expand(out, 1).clone(), z.expand(out, 1).clone()
+        fitted = [True]
+    else:
+        scales = torch.zeros(out, n_groups)
+        zeros = torch.zeros(out, n_groups)
+        fitted = [False] * n_groups
+
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
+    W = W[:, perm]
+    H = H[perm][:, perm]
+    U = _inverse_cholesky(H, damp).float()
+    Q = torch.zeros_like(W)
+    group_of = (perm // gs).tolist() if spec.group_size != -1 else [0] * cols
+    pos_of = torch.empty_like(perm)
+    pos_of[perm] = torch.arange(cols)
+
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            g = group_of[i1 + i]
+            if not fitted[g]:
+                idx = pos_of[g * gs:(g + 1) * gs]  # where the group's columns sit in the permuted order
+                cur = torch.where(((idx >= i1) & (idx < i2))[None, :], W1[:, (idx - i1).clamp(0, i2 - i1 - 1)],
+                                  W[:, idx])
+                s, z = fit_ranges(cur, spec)
+                scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
+                fitted[g] = True
+            w = W1[:, i]
+            s, z = scales[:, g], zeros[:, g]
+            q = dequantize(quantize(w, s, z, spec.bits), s, z)
+            Q[:, i1 + i] = q
+            err = (w - q) / U1[i, i]
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+
+    Q = Q[:, pos_of]  # back to the original column order
+    codes = torch.empty(out, cols, dtype=torch.uint8)
+    gq = Q.reshape(out, -1, gs) if spec.group_size != -1 else Q.reshape(out, 1, -1)
+    codes = quantize(gq, scales.unsqueeze(-1), zeros.unsqueeze(-1), spec.bits).reshape(out, cols)
+    if spec.group_size == -1:
+        scales, zeros = scales[:1], zeros[:1]
+    return QuantizedWeight(codes, scales, zeros, spec)

@@ -1,0 +1,46 @@
+"""WeightSpec validation and round-to-nearest weight quantization."""
+
+import pytest
+import torch
+
+from lowbit.errors import LowbitError
+from lowbit.quantizers import WeightSpec, quantize_weight
+
+
+@pytest.mark.parametrize("bits", [0, 1, 9, 16])
+def test_bits_out_of_range(bits):
+    with pytest.raises(LowbitError, match="bits must be an integer from 2 to 8"):
+        WeightSpec(bits=bits)
+
+
+def test_group_size_must_divide():
+    with pytest.raises(LowbitError, match="does not divide the input dimension 96"):
+        quantize_weight(torch.randn(8, 96), WeightSpec(4, 64))
+
+
+def test_nan_weights_rejected():
+    w = torch.randn(4, 32)
+    w[1, 3] = float("nan")
+    with pytest.raises(LowbitError, match="NaN or Inf"):
+        quantize_weight(w, WeightSpec(4, 32))
+
+
+@pytest.mark.parametrize("group_size,shape", [(32, (8, 4)), (0, (8, 1)), (-1, (1, 1))])
+def test_granularity_shapes_and_error(group_size, shape):
+    w = torch.randn(8, 128)
+    q = quantize_weight(w, WeightSpec(4, group_size))
+    assert q.scales.shape == shape and q.codes.shape == (8, 128)
+    rel = (q.dequantize() - w).norm() / w.norm()
+    assert rel < 0.15
+
+
+def test_finer_groups_and_more_bits_reduce_error():
+    w = torch.randn(64, 256) * torch.rand(1, 256) * 4
+    err = {(b, g): (quantize_weight(w, WeightSpec(b, g)).dequantize() - w).pow(2).mean().item()
+           for b in (3, 4) for g in (32, 0)}
+    assert err[(4, 32)] < err[(3, 32)] and err[(4, 32)] < err[(4, 0)] and err[(3, 32)] < err[(3, 0)]
+
+
+def test_scales_are_fp16_exact():
+    q = quantize_weight(torch.randn(4, 64), WeightSpec(3, 32))
+    assert torch.equal(q.scales, q.scales.half().float())
