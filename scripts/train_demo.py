@@ -59,6 +59,12 @@ def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab: i
     return math.exp(-logp[eval_ids].mean().item())
 
 
+def _previous_report(init_from: str | None) -> dict | None:
+    """The train report of the model training continued from, if any."""
+    f = Path(init_from) / "train_report.json" if init_from else None
+    return json.loads(f.read_text()) if f and f.is_file() else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="src/lowbit/assets/demo")
@@ -68,8 +74,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-from", help="continue training from this model directory (same tokenizer and config)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     corpus = read_corpus()
@@ -78,7 +88,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lowbit-demo-"))
     train_txt = work / "train.txt"
     train_txt.write_text("\n".join(corpus["train"]), encoding="utf-8")
-    train_tokenizer(train_txt, work / "sp", args.vocab)
+    if args.init_from:  # keep the tokenizer the model was trained with
+        (work / "sp.model").write_bytes((Path(args.init_from) / "tokenizer.model").read_bytes())
+    else:
+        train_tokenizer(train_txt, work / "sp", args.vocab)
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(work / "sp.model"))
@@ -98,6 +111,9 @@ def main() -> None:
         rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
     )
     model = LlamaForCausalLM(cfg)
+    if args.init_from:
+        model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        cfg = model.config
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params: {n_params / 1e6:.2f}M", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -154,6 +170,7 @@ def main() -> None:
     (out / "calib.txt").write_text("\n".join(corpus["calib"]), encoding="utf-8")
     (out / "eval.txt").write_text("\n".join(corpus["eval"]), encoding="utf-8")
     (out / "train_report.json").write_text(json.dumps({
+        "init_from": args.init_from, "previous": _previous_report(args.init_from),
         "params": n_params, "steps": step, "minutes": args.minutes, "seq": args.seq, "batch": args.batch,
         "train_tokens": train_ids.numel(), "eval_tokens": eval_ids.numel(), "eval_perplexity": ppl,
         "unigram_perplexity": uni, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -18,13 +18,14 @@ def perplexity(
     Windows of `window` tokens advance by `stride`; only the tokens new to a window are scored (the usual
     Hugging Face recipe). `bos` is prepended to the stream if given.
     """
-    if stride <= 0 or stride > window:
-        raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
+    if window < 2 or stride <= 0 or stride > window:
+        raise ValueError(f"need window >= 2 and stride in 1..window ({window}), got window {window} stride {stride}")
     if bos is not None:
         ids = torch.cat([torch.tensor([bos]), ids])
     n = ids.numel()
     nll, count, prev_end = 0.0, 0, 0
-    starts = list(range(0, max(n - 1, 1), stride))
+    step = min(stride, window - 1)  # windows overlap by at least one token so no target is skipped
+    starts = list(range(0, max(n - 1, 1), max(step, 1)))
     with torch.no_grad():
         for begin in tqdm(starts, desc="perplexity", unit="win", disable=not progress, leave=False):
             end = min(begin + window, n)

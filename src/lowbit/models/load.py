@@ -118,6 +118,7 @@ def load_model(src: str | Path, dtype: torch.dtype = torch.float32, check: bool 
     check_weight_files(path)
     auto = AutoModelForCausalLM if fam.kind == "causal" else AutoModel
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

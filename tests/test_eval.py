@@ -1,0 +1,58 @@
+"""Evaluation: sliding-window perplexity and calibration windows."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.data import calibration_windows
+from lowbit.errors import LowbitError
+from lowbit.eval import perplexity
+from lowbit.models import load_model
+
+
+class Bigram(nn.Module):
+    """A model whose next-token distribution depends only on the current token (context-free, exact NLL)."""
+
+    def __init__(self, vocab=11):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(vocab, vocab))
+
+    def forward(self, input_ids, use_cache=False):
+        return type("Out", (), {"logits": self.table[input_ids]})()
+
+
+def _exact_ppl(model, ids):
+    logp = torch.log_softmax(model.table[ids[:-1]], -1)
+    return math.exp(-logp.gather(1, ids[1:, None]).mean().item())
+
+
+@pytest.mark.parametrize("window,stride", [(8, 4), (16, 16), (7, 3), (1000, 500)])
+def test_sliding_window_scores_every_token_once(window, stride):
+    torch.manual_seed(0)
+    m, ids = Bigram(), torch.randint(0, 11, (101,))
+    with torch.no_grad():
+        assert perplexity(m, ids, window, stride, progress=False) == pytest.approx(_exact_ppl(m, ids), rel=1e-5)
+
+
+def test_perplexity_of_a_real_model_is_sane(tiny_models):
+    loaded = load_model(tiny_models["llama"])
+    ids = torch.randint(3, 4000, (300,))
+    ppl = perplexity(loaded.model, ids, 128, 64, bos=1, progress=False)
+    assert 1 < ppl < 10 * 4096
+
+
+def test_calibration_windows(tiny_models, calib_file):
+    tok = load_model(tiny_models["llama"]).tokenizer
+    w = calibration_windows(tok, calib_file.read_text(), n_samples=5, seq_len=40, seed=1)
+    assert w.shape == (5, 40) and (w[:, 0] == tok.bos_token_id).all()
+    assert torch.equal(w, calibration_windows(tok, calib_file.read_text(), 5, 40, seed=1))
+    with pytest.raises(LowbitError, match="only"):
+        calibration_windows(tok, "hi", 5, 40)
+
+
+def test_encoder_windows_have_cls_and_sep(tiny_models, calib_file):
+    tok = load_model(tiny_models["bert"]).tokenizer
+    w = calibration_windows(tok, calib_file.read_text(), n_samples=3, seq_len=32)
+    assert (w[:, 0] == tok.cls_token_id).all() and (w[:, -1] == tok.sep_token_id).all()
