@@ -82,7 +82,7 @@ def weight_bytes(path: Path) -> int:
 
 def evaluate(
     src: str | Path, text: str | Path | None = None, reference: str | Path | None = None, window: int = 512,
-    stride: int = 256, progress: bool = True,
+    stride: int | None = None, progress: bool = True,
 ) -> dict:
     """Perplexity (causal LMs) or cosine to a reference (encoders), bits per weight and bytes on disk."""
     loaded = load_with_tokenizer(src)
@@ -98,7 +98,9 @@ def evaluate(
         bos = getattr(loaded.tokenizer, "bos_token_id", None)
         limit = getattr(loaded.model.config, "max_position_embeddings", window) or window
         win = min(window, limit)
-        res["perplexity"] = perplexity(loaded.model, ids, win, min(stride, win), bos, progress)
+        step = min(stride or win // 2, win)
+        res["perplexity"] = perplexity(loaded.model, ids, win, step, bos, progress)
+        res["window"], res["stride"] = win, step
         res["eval_tokens"] = int(ids.numel())
     if reference is not None:
         ref = load_model(reference)

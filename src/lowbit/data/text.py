@@ -28,7 +28,7 @@ def tokenize_text(tokenizer: object, text: str) -> torch.Tensor:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # silence "sequence longer than the model's maximum" warnings
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # type: ignore[operator]
     return torch.tensor(ids, dtype=torch.long)
 
 
