@@ -1,0 +1,31 @@
+"""Graph structural encodings: exact Ollivier-Ricci curvature, Local Curvature Profiles, Laplacian and RW PEs.
+
+Fesser & Weber, "Effective structural encodings via local curvature profiles" (ICLR 2024).
+"""
+
+from .bounds import augmented_forman_curvature, forman_curvature, jost_liu_bounds
+from .curvature import ollivier_ricci, ollivier_ricci_many, ollivier_ricci_undirected
+from .graph import Graph, as_edge_index, to_undirected
+from .transforms import BaseTransform, Compose, LaplacianPE, LocalCurvatureProfile, RandomWalkPE, local_profile
+from .tu import load_mutag, load_tu_dataset, mutag_path
+
+__all__ = [
+    "BaseTransform",
+    "Compose",
+    "Graph",
+    "LaplacianPE",
+    "LocalCurvatureProfile",
+    "RandomWalkPE",
+    "as_edge_index",
+    "augmented_forman_curvature",
+    "forman_curvature",
+    "jost_liu_bounds",
+    "load_mutag",
+    "load_tu_dataset",
+    "local_profile",
+    "mutag_path",
+    "ollivier_ricci",
+    "ollivier_ricci_many",
+    "ollivier_ricci_undirected",
+    "to_undirected",
+]
