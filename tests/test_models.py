@@ -82,3 +82,14 @@ def test_unsupported_architecture(tmp_path, tiny_models):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LowbitError, match="unsupported architecture model_type='mamba'"):
         load_model(d)
+
+
+def test_true_sequential_gptq_runs_and_helps_or_matches(tiny_models):
+    ids = torch.randint(5, 4000, (16, 64))
+    errs = []
+    for ts in (False, True):
+        loaded = load_model(tiny_models["llama"])
+        ref = _out(loaded.model, ids)
+        quantize(loaded.model, loaded.family, GPTQConfig(WeightSpec(3, 32), true_sequential=ts), ids, progress=False)
+        errs.append((_out(loaded.model, ids) - ref).pow(2).mean().item())
+    assert errs[1] < 1.25 * errs[0]

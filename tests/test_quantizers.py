@@ -44,3 +44,17 @@ def test_finer_groups_and_more_bits_reduce_error():
 def test_scales_are_fp16_exact():
     q = quantize_weight(torch.randn(4, 64), WeightSpec(3, 32))
     assert torch.equal(q.scales, q.scales.half().float())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_range_search_never_worse_than_minmax(symmetric):
+    w = torch.randn(32, 256) * torch.rand(1, 256) ** 3  # heavy-tailed groups, where clipping pays off
+    def err(spec):
+        return (quantize_weight(w, spec).dequantize() - w).abs().pow(2.4).sum(-1)
+    mm, mse = err(WeightSpec(3, 64, symmetric)), err(WeightSpec(3, 64, symmetric, "mse"))
+    assert (mse <= mm + 1e-6).all() and mse.sum() < 0.95 * mm.sum()
+
+
+def test_unknown_range_rejected():
+    with pytest.raises(LowbitError, match="unknown range estimation 'p99'"):
+        WeightSpec(4, 128, True, "p99")

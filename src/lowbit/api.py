@@ -29,12 +29,12 @@ def peak_rss_mb() -> float:
 
 
 def make_config(
-    method: str, bits: int, group_size: int, symmetric: bool = True, **kw: object
+    method: str, bits: int, group_size: int, symmetric: bool = True, range: str = "minmax", **kw: object
 ) -> RTNConfig | GPTQConfig:
     """A method's config from CLI-style arguments, with clear errors."""
     if method not in METHODS:
         raise LowbitError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[method](weight=WeightSpec(bits, group_size, symmetric), **kw)  # type: ignore[arg-type]
+    return METHODS[method](weight=WeightSpec(bits, group_size, symmetric, range), **kw)  # type: ignore[arg-type]
 
 
 def quantize_dir(

@@ -17,7 +17,9 @@ def _quantize(a: argparse.Namespace) -> None:
     from lowbit.ptq import CalibConfig
 
     extra = {"damp": a.damp, "act_order": not a.no_act_order} if a.method == "gptq" else {}
-    config = api.make_config(a.method, a.bits, a.group_size, not a.asym, **extra)
+    if a.method == "gptq":
+        extra["true_sequential"] = a.true_sequential
+    config = api.make_config(a.method, a.bits, a.group_size, not a.asym, range=a.range, **extra)
     calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len)
     res = api.quantize_dir(a.src, a.out, config, a.calib, calib)
     print(api.describe(res) if a.json else
@@ -82,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
     q.add_argument("--group-size", type=int, default=128, help="group size along the input dim; 0 per channel")
     q.add_argument("--asym", action="store_true", help="asymmetric ranges (a zero point per group)")
+    q.add_argument("--range", default="minmax", help="range estimation: minmax or mse (shrink search)")
+    q.add_argument("--true-sequential", action="store_true", help="GPTQ: re-collect each stage's inputs")
     q.add_argument("--calib", help="calibration text file (default: the demo's calibration split)")
     q.add_argument("--n-samples", type=int, default=128, help="calibration windows (default 128)")
     q.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")

@@ -88,7 +88,7 @@ def save_quantized(
     numel = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantLinear))
     qcfg = {
         "format": "lowbit", "version": FORMAT_VERSION, "bits": spec.bits, "group_size": spec.group_size,
-        "symmetric": spec.symmetric, "packing": "uint8-lsb-first", "modules": sorted(weights),
+        "symmetric": spec.symmetric, "range": spec.range, "packing": "uint8-lsb-first", "modules": sorted(weights),
         "bits_per_weight": bits / numel, **meta,
     }
     with atomic_dir(out) as tmp:

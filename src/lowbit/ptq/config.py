@@ -23,6 +23,7 @@ class GPTQConfig:
     weight: WeightSpec = field(default_factory=WeightSpec)
     damp: float = 0.01
     act_order: bool = True
+    true_sequential: bool = False  # re-collect each stage's inputs after the earlier stages are quantized
     block_size: int = 128
     method = "gptq"
     needs_calibration = True

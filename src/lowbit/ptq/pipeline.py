@@ -33,8 +33,8 @@ def _rtn_block(block: nn.Module, config: RTNConfig, inputs: object) -> dict[str,
     return {name: quantize_weight(lin.weight.data, config.weight) for name, lin in block_linears(block).items()}
 
 
-def _gptq_block(block: nn.Module, config: GPTQConfig, inputs: object) -> dict[str, QuantizedWeight]:
-    linears = block_linears(block)
+def _hessians(linears: dict[str, nn.Linear], block: nn.Module, inputs: object) -> dict[str, HessianAccumulator]:
+    """Input Hessians of the given linear layers over one pass of the calibration data through the block."""
     acc = {name: HessianAccumulator(lin.in_features) for name, lin in linears.items()}
     hooks = [lin.register_forward_hook(lambda _m, a, _o, n=name: acc[n].add(a[0].detach()))
              for name, lin in linears.items()]
@@ -43,12 +43,23 @@ def _gptq_block(block: nn.Module, config: GPTQConfig, inputs: object) -> dict[st
     finally:
         for h in hooks:
             h.remove()
+    return acc
+
+
+def _gptq_block(block: nn.Module, config: GPTQConfig, inputs: object) -> dict[str, QuantizedWeight]:
+    linears = block_linears(block)
+    acc = _hessians(linears, block, inputs)
+    # Layers fed the same input (q/k/v, gate/up) have the same Hessian: one GPTQ sweep serves them all.
+    stages = _shared_input_groups(acc)
     out: dict[str, QuantizedWeight] = {}
-    for names in _shared_input_groups(acc):
-        # Layers fed the same input (q/k/v, gate/up) have the same Hessian: one GPTQ sweep serves them all.
+    for i, names in enumerate(stages):
+        if config.true_sequential and i > 0:  # inputs as produced by the already-quantized earlier stages
+            acc = _hessians({n: linears[n] for n in names}, block, inputs)
         W = torch.cat([linears[n].weight.data for n in names])
         q = gptq_quantize(W, acc[names[0]].H, config.weight, config.damp, config.act_order, config.block_size)
-        out.update(zip(names, q.split([linears[n].out_features for n in names]), strict=True))
+        for n, qn in zip(names, q.split([linears[n].out_features for n in names]), strict=True):
+            linears[n].weight.data = qn.dequantize(linears[n].weight.dtype)
+            out[n] = qn
     return out
 
 

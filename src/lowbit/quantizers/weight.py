@@ -9,6 +9,10 @@ import torch
 from lowbit.errors import LowbitError
 from lowbit.formats import dequantize, fit_scale_zero, quantize
 
+RANGES = ("minmax", "mse")
+MSE_NORM = 2.4
+MSE_GRID = [1 - 0.01 * i for i in range(1, 41)]  # shrink factors 0.99 .. 0.60
+
 
 @dataclass(frozen=True)
 class WeightSpec:
@@ -17,10 +21,13 @@ class WeightSpec:
     bits: int = 4
     group_size: int = 128
     symmetric: bool = True
+    range: str = "minmax"  # range estimation: "minmax", or "mse" (shrink the range to minimise |error|^2.4)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise LowbitError(f"bits must be an integer from 2 to 8, got {self.bits!r}; pick e.g. --bits 4")
+        if self.range not in RANGES:
+            raise LowbitError(f"unknown range estimation {self.range!r}; choose one of {', '.join(RANGES)}")
         if self.group_size < -1:
             raise LowbitError(f"group size must be positive, 0 (per channel) or -1 (per tensor), got {self.group_size}")
 
@@ -38,7 +45,8 @@ class WeightSpec:
     def describe(self) -> str:
         """Short human name such as W4 g128 sym."""
         g = {0: "per-channel", -1: "per-tensor"}.get(self.group_size, f"g{self.group_size}")
-        return f"W{self.bits} {g} {'sym' if self.symmetric else 'asym'}"
+        mse = " mse" if self.range == "mse" else ""
+        return f"W{self.bits} {g} {'sym' if self.symmetric else 'asym'}{mse}"
 
 
 def _divisor_hint(n: int) -> int:
@@ -77,10 +85,25 @@ def _grouped(w: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
     return w.reshape(out, spec.groups(inp), -1)
 
 
+def _fp16_scale(s: torch.Tensor) -> torch.Tensor:
+    return s.clamp_min(1e-7).to(torch.float16).float()
+
+
 def fit_ranges(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max scale and zero per slice of the last dim (keepdim); scales rounded to fp16 as they are stored."""
+    """Scale and zero per slice of the last dim (keepdim), by min-max or MSE search; scales rounded to fp16."""
     s, z = fit_scale_zero(w, spec.bits, spec.symmetric)
-    return s.clamp_min(1e-7).to(torch.float16).float(), z
+    s = _fp16_scale(s)
+    if spec.range == "minmax":
+        return s, z
+    w = w.float()
+    best = (w - dequantize(quantize(w, s, z, spec.bits), s, z)).abs().pow(MSE_NORM).sum(-1, keepdim=True)
+    for shrink in MSE_GRID:  # GPTQ's reference `mse` search: shrink the range while the p-norm error drops
+        sc, zc = fit_scale_zero(w, spec.bits, spec.symmetric, clip=shrink)
+        sc = _fp16_scale(sc)
+        err = (w - dequantize(quantize(w, sc, zc, spec.bits), sc, zc)).abs().pow(MSE_NORM).sum(-1, keepdim=True)
+        better = err < best
+        s, z, best = torch.where(better, sc, s), torch.where(better, zc, z), torch.where(better, err, best)
+    return s, z
 
 
 def fit_weight(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor]:
