@@ -6,7 +6,8 @@ Usage (in an environment with the peers installed, see docs/benchmarks.md):
 
 W4 group 128 symmetric weights, lm_head and embeddings in full precision, for every tool. Each tool starts
 from a fresh copy of the fp32 model; only the quantization call is timed (model loading and evaluation are
-not). Tools are run interleaved, `--repeats` rounds, and the median wall time is reported with its ratio
+not). Perplexity uses the evaluator's window (the model's maximum position, at most 512) with stride
+half of it. Tools are run interleaved, `--repeats` rounds, and the median wall time is reported with its ratio
 to lowbit's. Perplexity is measured by one evaluator (lowbit.eval.perplexity) on the demo's held-out split.
 Ends by printing one JSON line with the headline figures.
 """
@@ -72,7 +73,8 @@ def main() -> None:
                                  args.seq_len, seed=0)
     eval_ids = tokenize_text(base.tokenizer, read_text(ASSETS / "demo" / "eval.txt"))
     bos = base.tokenizer.bos_token_id
-    fp_ppl = perplexity(base.model, eval_ids, 512, 256, bos, progress=False)
+    window = min(512, base.model.config.max_position_embeddings)  # the demo model was trained at 256 tokens
+    fp_ppl = perplexity(base.model, eval_ids, window, window // 2, bos, progress=False)
     runners = {"lowbit": lambda m: run_lowbit(m, tokens, True), "lowbit-noact": lambda m: run_lowbit(m, tokens, False),
                "llmcompressor": lambda m: run_llmcompressor(m, tokens), "inc": lambda m: run_inc(m, tokens)}
     tools = args.tools.split(",")
@@ -94,7 +96,7 @@ def main() -> None:
             times[tool].append(time.perf_counter() - t0)
             print(f"round {r} {tool}: {times[tool][-1]:.2f} s", flush=True)
             if tool not in ppl:
-                ppl[tool] = perplexity(m.model, eval_ids, 512, 256, bos, progress=False)
+                ppl[tool] = perplexity(m.model, eval_ids, window, window // 2, bos, progress=False)
     med = {t: statistics.median(v) for t, v in times.items() if v}
     print(f"\nW4 g128 GPTQ on {args.model}, {args.samples} x {args.seq_len} calibration tokens, "
           f"{args.repeats} interleaved rounds, torch threads {torch.get_num_threads()}")

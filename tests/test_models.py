@@ -7,7 +7,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.export import load, save_quantized
-from lowbit.kernels.qlinear import QuantLinear
+from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models import block_linears, capture_block_inputs, load_model
 from lowbit.ptq import GPTQConfig, RTNConfig, quantize
 from lowbit.quantizers import WeightSpec
@@ -48,7 +48,7 @@ def test_gptq_sequential_and_checkpoint_round_trip(tiny_models, family, tmp_path
     out = tmp_path / "q"
     save_quantized(loaded.model, res.weights, tiny_models[family], out, {"method": "gptq"})
     back = load(out)
-    assert sum(isinstance(m, QuantLinear) for m in back.modules()) == len(res.weights)
+    assert sum(isinstance(m, PackedLinear) for m in back.modules()) == len(res.weights)
     assert torch.allclose(_out(back, ids), fake, atol=1e-4, rtol=1e-4)
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.kernels.qlinear import QuantLinear
+from lowbit.kernels.qlinear import PackedLinear
 from lowbit.quantizers import QuantizedWeight, WeightSpec
 
 QUANT_FILE = "lowbit_quant.json"
@@ -50,13 +50,13 @@ def _storage_dtype(config: dict) -> torch.dtype:
 
 
 def replace_linears(model: nn.Module, weights: dict[str, QuantizedWeight]) -> None:
-    """Swap the named nn.Linear modules for QuantLinear modules holding the packed weights."""
+    """Swap the named nn.Linear modules for PackedLinear modules holding the packed weights."""
     for name, q in weights.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         lin = getattr(parent, child)
         bias = lin.bias.data if getattr(lin, "bias", None) is not None else None
-        setattr(parent, child, QuantLinear.from_quantized(q, bias))
+        setattr(parent, child, PackedLinear.from_quantized(q, bias))
 
 
 def _unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -84,8 +84,8 @@ def save_quantized(
     if len(specs) != 1:
         raise ValueError("one weight spec per checkpoint is supported")
     spec = specs.pop()
-    bits = sum(m.storage_bits() for m in model.modules() if isinstance(m, QuantLinear))
-    numel = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantLinear))
+    bits = sum(m.storage_bits() for m in model.modules() if isinstance(m, PackedLinear))
+    numel = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, PackedLinear))
     qcfg = {
         "format": "lowbit", "version": FORMAT_VERSION, "bits": spec.bits, "group_size": spec.group_size,
         "symmetric": spec.symmetric, "range": spec.range, "packing": "uint8-lsb-first", "modules": sorted(weights),
@@ -153,13 +153,13 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
         parent_name, _, child = name.rpartition(".")
         lin = model.get_submodule(name)
         setattr(model.get_submodule(parent_name), child,
-                QuantLinear(lin.in_features, lin.out_features, spec, lin.bias is not None).to(dtype))
+                PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None).to(dtype))
     state = {}
     with safe_open(str(weights_file), framework="pt") as f:
         for k in f.keys():
             state[k] = f.get_tensor(k)
     for m in model.modules():  # packed buffers keep their own dtypes
-        if isinstance(m, QuantLinear):
+        if isinstance(m, PackedLinear):
             m.scales = m.scales.to(torch.float16)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

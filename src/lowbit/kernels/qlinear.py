@@ -1,4 +1,4 @@
-"""QuantLinear: a linear layer whose weight stays bit-packed in memory (2-8 bits, group-wise scales)."""
+"""PackedLinear: a linear layer whose weight stays bit-packed in memory (2-8 bits, group-wise scales)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from lowbit.formats import pack, unpack
 from lowbit.quantizers import QuantizedWeight, WeightSpec, dequantize_weight
 
 
-class QuantLinear(nn.Module):
+class PackedLinear(nn.Module):
     """y = x W^T + b with W held as packed codes (uint8 words), fp16 scales and packed zero points.
 
     The reference forward dequantizes to the activation dtype and calls a float matmul; faster kernels
@@ -29,7 +29,7 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
-    def from_quantized(cls, q: QuantizedWeight, bias: torch.Tensor | None = None) -> QuantLinear:
+    def from_quantized(cls, q: QuantizedWeight, bias: torch.Tensor | None = None) -> PackedLinear:
         """Pack a QuantizedWeight (and optional bias) into a new module."""
         out, inp = q.codes.shape
         m = cls(inp, out, q.spec, bias is not None)

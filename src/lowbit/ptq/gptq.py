@@ -16,20 +16,23 @@ from lowbit.quantizers import QuantizedWeight, WeightSpec, fit_ranges
 
 
 class HessianAccumulator:
-    """Running H = 2/n sum x x^T over the rows of the inputs a linear layer sees."""
+    """H = 2/n sum x x^T over the rows of the inputs a linear layer sees (sum kept raw, scaled on read)."""
 
     def __init__(self, in_features: int) -> None:
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self._sum = torch.zeros(in_features, in_features, dtype=torch.float32)
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
         """Fold a batch of inputs [..., in_features] into the Hessian."""
-        x = x.reshape(-1, x.shape[-1]).float()
-        m = x.shape[0]
-        self.H.mul_(self.n / (self.n + m))
-        self.n += m
-        x = x * (2.0 / self.n) ** 0.5
-        self.H.addmm_(x.t(), x)
+        x = x.reshape(-1, x.shape[-1])
+        x = x if x.dtype == torch.float32 else x.float()
+        self.n += x.shape[0]
+        self._sum.addmm_(x.t(), x)
+
+    @property
+    def H(self) -> torch.Tensor:
+        """The Hessian 2/n X^T X."""
+        return self._sum * (2.0 / max(self.n, 1))
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:

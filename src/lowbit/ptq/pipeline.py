@@ -33,46 +33,56 @@ def _rtn_block(block: nn.Module, config: RTNConfig, inputs: object) -> dict[str,
     return {name: quantize_weight(lin.weight.data, config.weight) for name, lin in block_linears(block).items()}
 
 
-def _hessians(linears: dict[str, nn.Linear], block: nn.Module, inputs: object) -> dict[str, HessianAccumulator]:
-    """Input Hessians of the given linear layers over one pass of the calibration data through the block."""
-    acc = {name: HessianAccumulator(lin.in_features) for name, lin in linears.items()}
-    hooks = [lin.register_forward_hook(lambda _m, a, _o, n=name: acc[n].add(a[0].detach()))
-             for name, lin in linears.items()]
+def _hessians(linears: dict[str, nn.Linear], block: nn.Module, inputs: object) -> dict[str, list[str] | object]:
+    """Input Hessians over one pass of the calibration data through the block, one per distinct input.
+
+    Returns {"stages": groups of layer names that read the same tensor (q/k/v, gate/up), in order, "acc":
+    the accumulator of each group's first layer}; a shared input is folded into its Hessian once.
+    """
+    leader: dict[str, str] = {}
+    acc: dict[str, HessianAccumulator] = {}
+    current: list[tuple[torch.Tensor, str]] = []  # this batch's inputs (kept alive, compared by identity)
+
+    def hook(name: str, x: torch.Tensor) -> None:
+        if name == order[0]:
+            current.clear()
+        for t, owner in current:
+            if t is x:
+                leader.setdefault(name, leader[owner])
+                return
+        current.append((x, name))
+        leader.setdefault(name, name)
+        acc.setdefault(name, HessianAccumulator(x.shape[-1])).add(x.detach())
+
+    order = list(linears)
+    hooks = [lin.register_forward_hook(lambda _m, a, _o, n=name: hook(n, a[0])) for name, lin in linears.items()]
     try:
         inputs.run(block)  # type: ignore[attr-defined]
     finally:
         for h in hooks:
             h.remove()
-    return acc
+        current.clear()
+    stages: dict[str, list[str]] = {}
+    for name in order:
+        stages.setdefault(leader[name], []).append(name)
+    return {"stages": list(stages.values()), "acc": acc}
 
 
 def _gptq_block(block: nn.Module, config: GPTQConfig, inputs: object) -> dict[str, QuantizedWeight]:
     linears = block_linears(block)
-    acc = _hessians(linears, block, inputs)
-    # Layers fed the same input (q/k/v, gate/up) have the same Hessian: one GPTQ sweep serves them all.
-    stages = _shared_input_groups(acc)
+    first = _hessians(linears, block, inputs)
+    acc = first["acc"]
     out: dict[str, QuantizedWeight] = {}
-    for i, names in enumerate(stages):
+    # Layers fed the same input (q/k/v, gate/up) have the same Hessian: one GPTQ sweep serves them all.
+    for i, names in enumerate(first["stages"]):
         if config.true_sequential and i > 0:  # inputs as produced by the already-quantized earlier stages
-            acc = _hessians({n: linears[n] for n in names}, block, inputs)
+            acc = _hessians({n: linears[n] for n in names}, block, inputs)["acc"]
         W = torch.cat([linears[n].weight.data for n in names])
         q = gptq_quantize(W, acc[names[0]].H, config.weight, config.damp, config.act_order, config.block_size)
         for n, qn in zip(names, q.split([linears[n].out_features for n in names]), strict=True):
             linears[n].weight.data = qn.dequantize(linears[n].weight.dtype)
             out[n] = qn
     return out
-
-
-def _shared_input_groups(acc: dict[str, HessianAccumulator]) -> list[list[str]]:
-    groups: list[list[str]] = []
-    for name, a in acc.items():
-        for g in groups:
-            if torch.equal(acc[g[0]].H, a.H):
-                g.append(name)
-                break
-        else:
-            groups.append([name])
-    return groups
 
 
 HANDLERS: dict[type, Callable] = {RTNConfig: _rtn_block, GPTQConfig: _gptq_block}
