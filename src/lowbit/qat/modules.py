@@ -188,6 +188,16 @@ class _QuantMixin:
     weight: nn.Parameter
     bias: nn.Parameter | None
 
+    def _adopt(self, layer: nn.Module, config: QATConfig):  # noqa: ANN202
+        """Copy a float layer's weight and bias (device and dtype too), then attach the quantizers."""
+        self.to(device=layer.weight.device, dtype=layer.weight.dtype)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            self.weight.copy_(layer.weight)  # type: ignore[attr-defined]
+            if layer.bias is not None:
+                self.bias.copy_(layer.bias)  # type: ignore[attr-defined]
+        self._setup_quant(config)
+        return self
+
     def _setup_quant(self, config: QATConfig) -> None:
         self.qconfig = config
         self.weight_quant = WeightQuantizer(self.weight, config)
@@ -242,13 +252,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
     def from_float(cls, layer: nn.Linear, config: QATConfig) -> QuantLinear:
         """Quantized copy of ``layer`` (weights and bias copied)."""
         q = cls(layer.in_features, layer.out_features, layer.bias is not None, QATConfig())
-        q.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                q.bias.copy_(layer.bias)
-        q._setup_quant(config)
-        return q
+        return q._adopt(layer, config)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -311,13 +315,7 @@ class _QuantConvNd(_QuantMixin):
             bias=layer.bias is not None,
             padding_mode=layer.padding_mode,
         )
-        q.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                q.bias.copy_(layer.bias)
-        q._setup_quant(config)
-        return q
+        return q._adopt(layer, config)
 
 
 class QuantConv1d(_QuantConvNd, nn.Conv1d):
