@@ -93,3 +93,25 @@ def test_true_sequential_gptq_runs_and_helps_or_matches(tiny_models):
         quantize(loaded.model, loaded.family, GPTQConfig(WeightSpec(3, 32), true_sequential=ts), ids, progress=False)
         errs.append((_out(loaded.model, ids) - ref).pow(2).mean().item())
     assert errs[1] < 1.25 * errs[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streaming_loader_matches_transformers(tiny_models, family):
+    import transformers as tf
+
+    auto = tf.BertModel if family == "bert" else tf.AutoModelForCausalLM
+    ref = auto.from_pretrained(str(tiny_models[family]), dtype=torch.float32).eval()
+    ours = load_model(tiny_models[family]).model
+    ids = torch.randint(5, 1000, (2, 16))
+    assert torch.equal(_out(ours, ids), _out(ref, ids))
+
+
+def test_stream_reader_reads_every_tensor_exactly(tiny_models):
+    from safetensors.torch import load_file
+
+    from lowbit.models.stream import iter_tensors
+
+    f = tiny_models["gemma"] / "model.safetensors"
+    ref = load_file(str(f))
+    got = dict(iter_tensors(f))
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)

@@ -107,6 +107,25 @@ def check_finite(model: nn.Module, path: Path) -> None:
             raise LowbitError(f"{path}: parameter {name} holds NaN or Inf values; the checkpoint is broken")
 
 
+def _load_streaming(auto: type, path: Path, dtype: torch.dtype, files: list[Path]) -> nn.Module | None:
+    """Build the model from its config and read the weights in tensor by tensor (peak: model + one tensor).
+
+    Returns None when the checkpoint's names or shapes do not match the model exactly (prefixed or renamed
+    keys, for instance); transformers' own loader handles those.
+    """
+    from transformers import AutoConfig
+
+    from lowbit.models.stream import load_into
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    model = auto.from_config(config, dtype=dtype)
+    if not load_into(model, files):
+        return None
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
 def load_model(src: str | Path, dtype: torch.dtype = torch.float32, check: bool = True) -> Loaded:
     """Load a full-precision model directory (causal LM or encoder) on the CPU."""
     from transformers import AutoModel, AutoModelForCausalLM
@@ -115,14 +134,15 @@ def load_model(src: str | Path, dtype: torch.dtype = torch.float32, check: bool 
     path = resolve_source(src)
     config = read_config(path)
     fam = family_of(config, path)
-    check_weight_files(path)
+    files = check_weight_files(path)
     auto = AutoModelForCausalLM if fam.kind == "causal" else AutoModel
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = auto.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+            model = _load_streaming(auto, path, dtype, files) or auto.from_pretrained(
+                str(path), dtype=dtype, local_files_only=True)
     except Exception as e:
         raise LowbitError(f"cannot load the model in {path} ({type(e).__name__}: {str(e)[:300]})") from e
     model.eval()

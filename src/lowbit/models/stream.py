@@ -1,0 +1,58 @@
+"""Read safetensors files tensor by tensor with plain file reads, so a checkpoint is never mapped whole.
+
+Memory-mapped loading keeps every touched page of the checkpoint resident until the file is closed, which
+adds the checkpoint's size to the peak; reading each tensor into its destination keeps the peak at the
+model plus one tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+
+
+def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of one .safetensors file, each read into fresh memory."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        base = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            t = torch.empty(info["shape"], dtype=DTYPES[info["dtype"]])
+            f.seek(base + start)
+            view = t.view(-1).view(torch.uint8) if t.numel() else t
+            if t.numel() and f.readinto(memoryview(view.numpy())) != end - start:
+                raise OSError(f"{path}: tensor {name} is truncated")
+            yield name, t
+
+
+def load_into(model: torch.nn.Module, files: list[Path]) -> bool:
+    """Copy the checkpoint's tensors into the model's state in place; False (nothing trusted) if keys differ."""
+    state = model.state_dict()
+    names: set[str] = set()
+    for f in files:
+        with open(f, "rb") as h:
+            (n,) = struct.unpack("<Q", h.read(8))
+            names |= {k for k in json.loads(h.read(n)) if k != "__metadata__"}
+    tied = {k for k in state if k not in names and k.endswith("lm_head.weight")}
+    if names - set(state) or set(state) - names - tied:
+        return False
+    with torch.no_grad():
+        for f in files:
+            for name, t in iter_tensors(f):
+                if state[name].shape != t.shape:
+                    return False
+                state[name].copy_(t)
+                del t
+    return True
