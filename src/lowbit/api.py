@@ -12,7 +12,7 @@ import torch
 from lowbit.data import calibration_windows, read_text, tokenize_text
 from lowbit.errors import LowbitError
 from lowbit.eval import cosine_to_reference, perplexity
-from lowbit.export.checkpoint import load_with_tokenizer, read_quant_config, save_quantized
+from lowbit.export.checkpoint import load_with_tokenizer, read_quant_config, replace_linears, save_quantized
 from lowbit.models import load_model, resolve_source
 from lowbit.models.load import ASSETS
 from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
@@ -61,12 +61,14 @@ def quantize_dir(
     if config.needs_calibration:
         tokens = calibration_windows(loaded.tokenizer, text, calib_config.n_samples, calib_config.seq_len,
                                      calib_config.seed)
-    result = quantize(loaded.model, loaded.family, config, tokens, calib_config.batch_size, progress)
+    # Each block is packed as soon as it is quantized, so its float weights and unpacked codes are freed early.
+    result = quantize(loaded.model, loaded.family, config, tokens, calib_config.batch_size, progress,
+                      on_block=lambda done: replace_linears(loaded.model, done))
     meta = {"method": config.method, "source": str(src_path), "quantize_seconds": round(result.seconds, 3)}
     if tokens is not None:
         meta["calibration"] = {"samples": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]),
                                "activation_bytes": result.calib_bytes}
-    qcfg = save_quantized(loaded.model, result.weights, src_path, out, meta)
+    qcfg = save_quantized(loaded.model, None, src_path, out, meta)
     return {"out": str(out), "method": config.method, "bits": config.weight.bits,
             "group_size": config.weight.group_size, "bits_per_weight": qcfg["bits_per_weight"],
             "quantize_seconds": result.seconds, "total_seconds": time.perf_counter() - t0,

@@ -73,22 +73,24 @@ def _unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tenso
 
 
 def save_quantized(
-    model: nn.Module, weights: dict[str, QuantizedWeight], src: Path, out: Path, meta: dict
+    model: nn.Module, weights: dict[str, QuantizedWeight] | None, src: Path, out: Path, meta: dict
 ) -> dict:
-    """Pack the quantized weights into the model and write the checkpoint atomically; returns the quant config."""
+    """Pack the quantized weights (if not packed already) and write the checkpoint atomically; returns its config."""
     from safetensors.torch import save_file
 
     config = json.loads((src / "config.json").read_text())
-    replace_linears(model, weights)
-    specs = {q.spec for q in weights.values()}
+    if weights:
+        replace_linears(model, weights)
+    packed = {n: m for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    specs = {m.spec for m in packed.values()}
     if len(specs) != 1:
         raise ValueError("one weight spec per checkpoint is supported")
     spec = specs.pop()
-    bits = sum(m.storage_bits() for m in model.modules() if isinstance(m, PackedLinear))
-    numel = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, PackedLinear))
+    bits = sum(m.storage_bits() for m in packed.values())
+    numel = sum(m.in_features * m.out_features for m in packed.values())
     qcfg = {
         "format": "lowbit", "version": FORMAT_VERSION, "bits": spec.bits, "group_size": spec.group_size,
-        "symmetric": spec.symmetric, "range": spec.range, "packing": "uint8-lsb-first", "modules": sorted(weights),
+        "symmetric": spec.symmetric, "range": spec.range, "packing": "uint8-lsb-first", "modules": sorted(packed),
         "bits_per_weight": bits / numel, **meta,
     }
     with atomic_dir(out) as tmp:

@@ -91,8 +91,12 @@ HANDLERS: dict[type, Callable] = {RTNConfig: _rtn_block, GPTQConfig: _gptq_block
 def quantize(
     model: nn.Module, family: Family, config: RTNConfig | GPTQConfig, calib_tokens: torch.Tensor | None = None,
     batch_size: int = 16, progress: bool = True,
+    on_block: Callable[[dict[str, QuantizedWeight]], None] | None = None,
 ) -> QuantResult:
-    """Quantize every linear layer inside the model's blocks in place (weights become their dequantized values)."""
+    """Quantize every linear layer inside the model's blocks in place (weights become their dequantized values).
+
+    With `on_block`, each finished block's weights are handed to it (and not kept in the result).
+    """
     handler = HANDLERS.get(type(config))
     if handler is None:
         raise TypeError(f"no handler for {type(config).__name__}")
@@ -115,10 +119,15 @@ def quantize(
     for i, block in bar:
         qw = handler(block, config, inputs)
         linears = block_linears(block)
+        done = {}
         for name, q in qw.items():
             lin = linears[name]
             lin.weight.data = q.dequantize(lin.weight.dtype)
-            results[f"{prefix}.{i}.{name}"] = q
+            done[f"{prefix}.{i}.{name}"] = q
+        if on_block is not None:  # e.g. pack the block now; its codes and float weights need not be kept
+            on_block(done)
+        else:
+            results.update(done)
         if inputs is not None and i + 1 < len(blocks):
             inputs.advance(block)
     return QuantResult(results, time.perf_counter() - t0, calib_bytes)
