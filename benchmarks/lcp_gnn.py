@@ -6,7 +6,7 @@ accuracy), random 50/25/25 train/validation/test split per seed.  Encodings are 
 atom types, so the model really reads them.  Reports test accuracy (at the best validation epoch), mean and
 95% confidence interval (Student t) over seeds, beside the paper's MUTAG numbers.
 
-    python benchmarks/graph_mutag.py [--seeds 10] [--max-epochs 300]
+    python benchmarks/lcp_gnn.py [--seeds 10] [--max-epochs 300]
 
 Needs grakel (MUTAG data) and scipy.  Ends with one JSON line holding the accuracy table.
 """
@@ -125,7 +125,7 @@ def main() -> None:
         lcp, none = table[kind]["lcp"], table[kind]["none"]
         verdict[kind] = bool(lcp["mean"] - lcp["ci95"] > none["mean"] + none["ci95"])
     print(f"LCP beats no encoding beyond the CIs: {verdict}")
-    print(json.dumps({"benchmark": "graph_mutag", "seeds": args.seeds, "accuracy": table,
+    print(json.dumps({"benchmark": "lcp_gnn", "seeds": args.seeds, "accuracy": table,
                       "lcp_beats_none_beyond_ci": verdict}))
 
 
