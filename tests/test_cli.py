@@ -123,3 +123,14 @@ def test_packed_weights_are_small(tiny_models, tmp_path, capsys):
     fp16 = sum(fp[f"{n}.weight"].numel() * 2 for n in names)
     assert packed / fp16 <= 0.30
     assert all(q[f"{n}.qweight"].dtype == torch.uint8 for n in names)
+
+
+def test_damaged_checkpoint_and_wrong_reference(capsys, tiny_models, calib_file, tmp_path):
+    out = tmp_path / "q"
+    assert run(capsys, "quantize", tiny_models["llama"], "--method", "rtn", "--group-size", "32", "--out", out)[0] == 0
+    _expect_error(capsys, ["eval", out, "--text", calib_file, "--reference", tiny_models["bert"]],
+                  "--reference is a encoder model")
+    sd = load_file(str(out / "model.safetensors"))
+    del sd[next(k for k in sd if k.endswith(".scales"))]
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _expect_error(capsys, ["eval", out, "--text", calib_file], "does not match")

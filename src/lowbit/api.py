@@ -112,11 +112,11 @@ def evaluate(
         res["eval_tokens"] = int(ids.numel())
     if reference is not None:
         ref = load_model(reference)
-        if ref.family.kind != "encoder" or loaded.family.kind != "encoder":
-            if loaded.family.kind == "causal":
-                res["cosine_to_reference"] = _logit_cosine(loaded, ref, body)
-            else:
-                raise LowbitError("--reference must be the same kind of model as the one evaluated")
+        if ref.family.kind != loaded.family.kind:
+            raise LowbitError(f"--reference is a {ref.family.kind} model but {path} is a {loaded.family.kind} one; "
+                              "compare a model with its own full-precision original")
+        if loaded.family.kind == "causal":
+            res["cosine_to_reference"] = _logit_cosine(loaded, ref, body)
         else:
             res["cosine_to_reference"] = cosine_to_reference(loaded.model, ref.model, loaded.tokenizer, body)
     return res

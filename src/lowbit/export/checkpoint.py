@@ -127,7 +127,6 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
 
 def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  # -> Loaded
     """Load a checkpoint or full-precision directory with its tokenizer and family (see lowbit.models.Loaded)."""
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from lowbit.models.load import (
@@ -139,6 +138,7 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
         read_config,
         resolve_source,
     )
+    from lowbit.models.stream import load_into
 
     p = resolve_source(path)
     qcfg = read_quant_config(p)
@@ -156,21 +156,12 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
         lin = model.get_submodule(name)
         setattr(model.get_submodule(parent_name), child,
                 PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None).to(dtype))
-    state = {}
-    with safe_open(str(weights_file), framework="pt") as f:
-        for k in f.keys():
-            state[k] = f.get_tensor(k)
     for m in model.modules():  # packed buffers keep their own dtypes
         if isinstance(m, PackedLinear):
             m.scales = m.scales.to(torch.float16)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise LowbitError(f"{weights_file} does not match {p / 'config.json'} ({str(e)[:300]})") from e
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    bad = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-    if bad or unexpected:
-        raise LowbitError(f"{weights_file} does not match the model: missing {bad[:5]}, unexpected {unexpected[:5]}")
+    if not load_into(model, [weights_file]):  # read tensor by tensor, like full-precision loading
+        raise LowbitError(f"{weights_file} does not match {p / 'config.json'} and {QUANT_FILE} (tensor names or "
+                          "shapes differ); the checkpoint is damaged or was written by another tool")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     model.eval()
