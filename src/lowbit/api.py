@@ -96,6 +96,10 @@ def evaluate(
     loaded = load_with_tokenizer(src)
     path = loaded.path
     body = read_text(text, "evaluation") if text is not None else _default_text(path, "eval")
+    ref = load_model(reference) if reference is not None else None  # checked before the long evaluation
+    if ref is not None and ref.family.kind != loaded.family.kind:
+        raise LowbitError(f"--reference is a {ref.family.kind} model but {path} is a {loaded.family.kind} one; "
+                          "compare a model with its own full-precision original")
     qcfg = read_quant_config(path)
     res: dict = {"model": str(path), "family": loaded.family.name, "bytes": weight_bytes(path),
                  "bits_per_weight": qcfg["bits_per_weight"] if qcfg else _float_bits(path)}
@@ -111,10 +115,6 @@ def evaluate(
         res["window"], res["stride"] = win, step
         res["eval_tokens"] = int(ids.numel())
     if reference is not None:
-        ref = load_model(reference)
-        if ref.family.kind != loaded.family.kind:
-            raise LowbitError(f"--reference is a {ref.family.kind} model but {path} is a {loaded.family.kind} one; "
-                              "compare a model with its own full-precision original")
         if loaded.family.kind == "causal":
             res["cosine_to_reference"] = _logit_cosine(loaded, ref, body)
         else:
