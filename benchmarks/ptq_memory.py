@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16, help="calibration windows per forward pass")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-mem-"))
     try:
@@ -61,7 +62,8 @@ def main() -> None:
         for method in ("rtn", "gptq"):
             cmd = [sys.executable, "-m", "lowbit.cli", "quantize", str(tmp / "model"), "--method", method,
                    "--bits", "4", "--group-size", "128", "--calib", str(calib), "--n-samples", str(args.samples),
-                   "--seq-len", str(args.seq_len), "--out", str(tmp / method), "--json"]
+                   "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--out", str(tmp / method),
+                   "--json"]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(r.stderr[-2000:])

@@ -20,7 +20,7 @@ def _quantize(a: argparse.Namespace) -> None:
     if a.method == "gptq":
         extra["true_sequential"] = a.true_sequential
     config = api.make_config(a.method, a.bits, a.group_size, not a.asym, range=a.range, **extra)
-    calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len)
+    calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size)
     res = api.quantize_dir(a.src, a.out, config, a.calib, calib)
     print(api.describe(res) if a.json else
           f"wrote {res['out']}: {config.weight.describe()} via {a.method}, {res['bits_per_weight']:.3f} bits/weight, "
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", help="calibration text file (default: the demo's calibration split)")
     q.add_argument("--n-samples", type=int, default=128, help="calibration windows (default 128)")
     q.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    q.add_argument("--batch-size", type=int, default=16, help="calibration windows per forward pass (memory)")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H)")
     q.add_argument("--no-act-order", action="store_true", help="GPTQ: keep the natural column order")
     q.add_argument("--out", required=True, help="output directory (must not exist)")

@@ -36,14 +36,20 @@ class HessianAccumulator:
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag) I)^-1, raising the dampening if H is not positive."""
-    mean_diag = torch.mean(torch.diag(H)).item()
-    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    """Upper Cholesky factor of (H + damp * mean(diag) I)^-1, raising the dampening if H is not positive.
+
+    Works in float32 and in place on H (a private copy), so the transient memory is a few [in, in] matrices.
+    """
+    mean_diag = H.diagonal().mean().item()
+    added = 0.0
     for factor in (1, 10, 100, 1000):
-        L, info = torch.linalg.cholesky_ex(H + damp * factor * mean_diag * eye)
+        target = damp * factor * mean_diag
+        H.diagonal().add_(target - added)
+        added = target
+        L, info = torch.linalg.cholesky_ex(H)
         if info.item() == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            L = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(L, upper=True)
             if info.item() == 0:
                 return U
     raise LowbitError("GPTQ: the Hessian is not positive definite even with strong dampening; "
@@ -61,7 +67,7 @@ def gptq_quantize(
     n_groups = spec.groups(cols)
     gs = cols if spec.group_size <= 0 else spec.group_size
     W = W.detach().clone().float()
-    H = H.clone().double()
+    H = H.clone().float()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -78,7 +84,8 @@ def gptq_quantize(
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W = W[:, perm]
     H = H[perm][:, perm]
-    U = _inverse_cholesky(H, damp).float()
+    U = _inverse_cholesky(H, damp)
+    del H
     Q = torch.zeros_like(W)
     group_of = (perm // gs).tolist() if spec.group_size != -1 else [0] * cols
     pos_of = torch.empty_like(perm)
