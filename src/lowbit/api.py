@@ -19,8 +19,6 @@ from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
 from lowbit.quantizers import WeightSpec
 
 METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}
-DEMO_EVAL = ASSETS / "demo" / "eval.txt"
-DEMO_CALIB = ASSETS / "demo" / "calib.txt"
 
 
 def peak_rss_mb() -> float:
@@ -55,7 +53,7 @@ def quantize_dir(
     t0 = time.perf_counter()
     src_path = resolve_source(src)
     if config.needs_calibration:  # read the text before the (slow) model load so bad input fails fast
-        text = read_text(calib, "calibration") if calib is not None else _default_text(src_path, "calib")
+        text = read_text(calib, "calibration") if calib is not None else _default_text("calib")
     loaded = load_model(src_path)
     tokens = None
     if config.needs_calibration:
@@ -75,8 +73,8 @@ def quantize_dir(
             "peak_rss_mb": peak_rss_mb(), "calib_activation_mb": result.calib_bytes / 2**20}
 
 
-def _default_text(path: Path, split: str) -> str:
-    """The bundled demo split (calib or eval); other models need an explicit file unless they are the demo."""
+def _default_text(split: str) -> str:
+    """The bundled demo split (calib or eval), used for any model when no text file is given."""
     f = ASSETS / "demo" / f"{split}.txt"
     if not f.is_file():
         raise LowbitError(f"bundled {split} text missing at {f}; reinstall lowbit")
@@ -95,7 +93,7 @@ def evaluate(
     """Perplexity (causal LMs) or cosine to a reference (encoders), bits per weight and bytes on disk."""
     loaded = load_with_tokenizer(src)
     path = loaded.path
-    body = read_text(text, "evaluation") if text is not None else _default_text(path, "eval")
+    body = read_text(text, "evaluation") if text is not None else _default_text("eval")
     ref = load_model(reference) if reference is not None else None  # checked before the long evaluation
     if ref is not None and ref.family.kind != loaded.family.kind:
         raise LowbitError(f"--reference is a {ref.family.kind} model but {path} is a {loaded.family.kind} one; "

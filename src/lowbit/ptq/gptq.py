@@ -115,7 +115,6 @@ def gptq_quantize(
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
 
     Q = Q[:, pos_of]  # back to the original column order
-    codes = torch.empty(out, cols, dtype=torch.uint8)
     gq = Q.reshape(out, -1, gs) if spec.group_size != -1 else Q.reshape(out, 1, -1)
     codes = quantize(gq, scales.unsqueeze(-1), zeros.unsqueeze(-1), spec.bits).reshape(out, cols)
     if spec.group_size == -1:
