@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from lowbit.kernels._build import build_shared, compiler
 
 __all__ = [
     "WORD_BITS",
@@ -68,19 +65,8 @@ def num_words(k: int) -> int:
 # --------------------------------------------------------------------------- build and load
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("LOWBIT_CACHE_DIR")
-    if root:
-        return Path(root) / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "lowbit" / "kernels"
-
-
 def _compiler() -> str | None:
-    for cand in (os.environ.get("CC"), "gcc", "cc", "clang"):
-        if cand and shutil.which(cand):
-            return cand
-    return None
+    return compiler()
 
 
 def build_library(force: bool = False) -> Path:
@@ -88,29 +74,7 @@ def build_library(force: bool = False) -> Path:
 
     Raises RuntimeError with the compiler output when no variant of the flags compiles.
     """
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (tried $CC, gcc, cc, clang); install gcc or set CC")
-    if not _SOURCE.is_file():
-        raise RuntimeError(f"C source {_SOURCE} is missing from this installation")
-    source = _SOURCE.read_bytes()
-    errors = []
-    for extra in (["-fopenmp"], []):
-        flags = _BASE_FLAGS + extra
-        key = hashlib.sha256(source + " ".join([cc, *flags, sys.platform]).encode()).hexdigest()[:16]
-        out = _cache_dir() / f"binary_gemm_{key}.so"
-        if out.is_file() and not force:
-            return out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        proc = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True)
-        if proc.returncode == 0:
-            os.replace(tmp, out)  # atomic: concurrent builders never see a half-written file
-            return out
-        os.unlink(tmp)
-        errors.append(f"{cc} {' '.join(flags)}:\n{proc.stderr.strip()}")
-    raise RuntimeError("could not compile the binary GEMM kernel:\n" + "\n\n".join(errors))
+    return build_shared(_SOURCE, _compiler(), [_BASE_FLAGS + ["-fopenmp"], _BASE_FLAGS], force=force)
 
 
 def _declare(lib: ctypes.CDLL) -> None:

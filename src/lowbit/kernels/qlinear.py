@@ -1,20 +1,77 @@
-"""PackedLinear: a linear layer whose weight stays bit-packed in memory (2-8 bits, group-wise scales)."""
+"""PackedLinear: a linear layer whose weight stays bit-packed in memory (2-8 bits, group-wise scales).
+
+Three ways to compute, picked on the first forward (`backend()` says which, `LOWBIT_QLINEAR=...` forces one):
+- "int4pack": 4-bit weights with bf16 activations use PyTorch's CPU int4 kernel
+  (`aten._weight_int4pack_mm_for_cpu`); the codes are held only in that kernel's layout.
+- "c": our C kernel (csrc/qgemv.c, built on first use with -march=native) reads the packed rows directly:
+  a group-wise GEMV for decode (any of 2-8 bits, fp32 arithmetic) and a dequantize-to-bf16 for prefill.
+- "torch": the reference, correct everywhere: dequantize to the activation dtype, then a float matmul.
+Batches above `PREFILL_ROWS` rows dequantize once and run a float matmul (bf16 goes to the AMX path).
+"""
 
 from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from lowbit.formats import pack, unpack
+from lowbit.kernels._build import build_shared, compiler
 from lowbit.quantizers import QuantizedWeight, WeightSpec, dequantize_weight
+
+PREFILL_ROWS = 8  # above this many rows the kernels are compute-bound: dequantize and use a float matmul
+_SOURCE = Path(__file__).with_name("csrc") / "qgemv.c"
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-strict-aliasing"]
+_INT4_GROUPS = (32, 64, 128, 256)
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_lib_tried = False
+
+
+def _get_lib() -> ctypes.CDLL | None:
+    """The C kernels, compiled on first use; None (with a warning) when no compiler works."""
+    global _lib, _lib_tried
+    with _lock:
+        if _lib_tried:
+            return _lib
+        _lib_tried = True
+        variants = [_FLAGS + ["-march=native", "-fopenmp"], _FLAGS + ["-march=native"], _FLAGS]
+        try:
+            lib = ctypes.CDLL(str(build_shared(_SOURCE, compiler(), variants, native=True)))
+        except (RuntimeError, OSError) as exc:
+            warnings.warn(f"lowbit packed-linear C kernels unavailable ({exc}); using the PyTorch reference, "
+                          "which is correct but slower. Install gcc to get the fast path.", RuntimeWarning,
+                          stacklevel=3)
+            return None
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.lbq_set_threads.argtypes, lib.lbq_set_threads.restype = [i32], None
+        lib.lbq_gemm.argtypes = [p, i64, i64, p, i64, i64, i32, i64, i64, p, p, i64, p, p, p]
+        lib.lbq_dequant_bf16.argtypes = [p, i64, i64, i64, i32, i64, i64, p, p, i64, p]
+        lib.lbq_dequant_int4pack_bf16.argtypes = [p, i64, i64, i64, i64, p, p, p]
+        for f in (lib.lbq_gemm, lib.lbq_dequant_bf16, lib.lbq_dequant_int4pack_bf16):
+            f.restype = None
+        _lib = lib
+        return lib
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _int4pack_unpack(w4: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Codes [n, k] back from torch's CPU int4 layout (n % 64 == 0: per 64 rows and per k, 32 bytes whose
+    low nibble is row j and high nibble row j + 32)."""
+    b = w4.reshape(n // 64, k, 32)
+    return torch.cat([b & 15, b >> 4], dim=-1).permute(0, 2, 1).reshape(n, k).contiguous()
 
 
 class PackedLinear(nn.Module):
-    """y = x W^T + b with W held as packed codes (uint8 words), fp16 scales and packed zero points.
-
-    The reference forward dequantizes to the activation dtype and calls a float matmul; faster kernels
-    plug in behind the same buffers.
-    """
+    """y = x W^T + b with W held as packed codes (uint8 words), fp16 scales and packed zero points."""
 
     def __init__(self, in_features: int, out_features: int, spec: WeightSpec, bias: bool = False) -> None:
         super().__init__()
@@ -27,6 +84,7 @@ class PackedLinear(nn.Module):
         if not spec.symmetric:
             self.register_buffer("qzeros", torch.zeros(rows, (groups + 7) // 8 * spec.bits, dtype=torch.uint8))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._kernel: dict | None = None  # backend state, built on the first forward
 
     @classmethod
     def from_quantized(cls, q: QuantizedWeight, bias: torch.Tensor | None = None) -> PackedLinear:
@@ -41,6 +99,8 @@ class PackedLinear(nn.Module):
             m.bias.data.copy_(bias)
         return m
 
+    # ------------------------------------------------------------------ views of the stored weight
+
     def zeros(self) -> torch.Tensor:
         """Zero points [rows, groups] as floats."""
         if self.spec.symmetric:
@@ -48,21 +108,133 @@ class PackedLinear(nn.Module):
         return unpack(self.qzeros, self.spec.bits, self.scales.shape[1]).float()
 
     def codes(self) -> torch.Tensor:
-        """Unpacked integer codes [out, in] (uint8)."""
+        """Unpacked integer codes [out, in] (uint8), whichever layout holds them."""
+        if self._kernel is not None and self._kernel["name"] == "int4pack":
+            return _int4pack_unpack(self._kernel["w4"], self.out_features, self.in_features)
         return unpack(self.qweight, self.spec.bits, self.in_features)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the packed buffers represent."""
         return dequantize_weight(self.codes(), self.scales.float(), self.zeros(), torch.float32).to(dtype)
 
+    def storage_bits(self) -> int:
+        """Bits of packed weight, scales and zeros (the bias excluded)."""
+        n = self.out_features * ((self.in_features + 7) // 8 * self.spec.bits) * 8 + self.scales.numel() * 16
+        return n + (self.qzeros.numel() * 8 if not self.spec.symmetric else 0)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._kernel is not None and self._kernel["name"] == "int4pack":  # canonical layout on disk
+            destination[prefix + "qweight"] = pack(self.codes(), self.spec.bits)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kw: object) -> None:
+        self.release()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
+
+    # ------------------------------------------------------------------ kernels
+
+    def backend(self) -> str | None:
+        """The active kernel ('int4pack', 'c' or 'torch'), or None before the first forward."""
+        return None if self._kernel is None else self._kernel["name"]
+
+    def release(self) -> None:
+        """Drop the kernel state (restoring the packed row layout): the next forward prepares it again."""
+        if self._kernel is not None and self._kernel["name"] == "int4pack":
+            self.qweight = pack(self.codes(), self.spec.bits)
+        self._kernel = None
+
+    def _float_ranges(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Scales and zeros as fp32 [R, G] (R = out or 1), the group length and the number of groups."""
+        s, z = self.scales.float().contiguous(), self.zeros().float().contiguous()
+        groups = s.shape[1]
+        return s, z, self.in_features // groups, groups
+
+    def prepare(self, act_dtype: torch.dtype) -> str:
+        """Choose and build the kernel for activations of `act_dtype`; returns its name."""
+        want = os.environ.get("LOWBIT_QLINEAR", "auto").lower()
+        s, z, glen, groups = self._float_ranges()
+        n, k, spec = self.out_features, self.in_features, self.spec
+        # per-channel scales fit the int4 kernel by repeating them over groups of 128 (exactly the same weights)
+        g4 = glen if glen in _INT4_GROUPS else (128 if groups == 1 and k % 128 == 0 else 0)
+        if (want in ("auto", "int4pack") and spec.bits == 4 and act_dtype == torch.bfloat16 and n % 64 == 0
+                and g4 and k % g4 == 0 and s.shape[0] == n and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")):
+            codes = self.codes()
+            w4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+            if torch.equal(_int4pack_unpack(w4, n, k), codes):  # the layout we decode for prefill
+                rep = g4 // glen if groups > 1 else k // g4
+                s4 = s.repeat_interleave(rep, dim=1) if groups > 1 else s.expand(n, rep)
+                z4 = z.repeat_interleave(rep, dim=1) if groups > 1 else z.expand(n, rep)
+                sz = torch.stack([s4, (8 - z4) * s4], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+                self._kernel = {"name": "int4pack", "w4": w4, "sz": sz, "group": g4, "s": s4.contiguous(),
+                                "z": z4.contiguous()}
+                self.qweight = torch.empty(0, dtype=torch.uint8)  # the codes now live in w4 only
+                return "int4pack"
+        lib = _get_lib() if want in ("auto", "c") else None
+        if lib is not None and (glen % 8 == 0 or groups == 1):
+            self._kernel = {"name": "c", "lib": lib, "s": s, "z": z, "per_row": int(s.shape[0] == n)}
+            return "c"
+        self._kernel = {"name": "torch"}
+        return "torch"
+
+    def _dequant_bf16(self) -> torch.Tensor:
+        kern, n, k = self._kernel, self.out_features, self.in_features
+        lib = _get_lib()
+        if lib is None:
+            return self.dequantized_weight(torch.bfloat16)
+        out = torch.empty(n, k, dtype=torch.bfloat16)
+        lib.lbq_set_threads(torch.get_num_threads())
+        if kern["name"] == "int4pack":
+            s, z = kern["s"], kern["z"]
+            lib.lbq_dequant_int4pack_bf16(_ptr(kern["w4"]), n, k, kern["group"], s.shape[1], _ptr(s), _ptr(z),
+                                          _ptr(out))
+        else:
+            s, z = kern["s"], kern["z"]
+            glen = k if s.shape[1] == 1 else k // s.shape[1]
+            lib.lbq_dequant_bf16(_ptr(self.qweight), n, k, self.qweight.shape[1], self.spec.bits, glen, s.shape[1],
+                                 _ptr(s), _ptr(z), kern["per_row"], _ptr(out))
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reference forward: dequantize, then a float matmul in x's dtype."""
-        return nn.functional.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        """y = x W^T + b through the prepared kernel (decode) or a dequantized float matmul (prefill)."""
+        if self._kernel is None:
+            self.prepare(x.dtype)
+        kern = self._kernel
+        name = kern["name"]
+        rows = x.numel() // self.in_features
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if name == "torch" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
+        if rows > PREFILL_ROWS:
+            w = self._dequant_bf16() if x.dtype == torch.bfloat16 else self.dequantized_weight(x.dtype)
+            return nn.functional.linear(x, w.to(x.dtype), bias)
+        x2 = x.reshape(rows, self.in_features)
+        if name == "int4pack":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), kern["w4"],
+                                                           kern["group"], kern["sz"])
+            if bias is not None:
+                y = y + bias
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return self._c_gemm(x2).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _c_gemm(self, x2: torch.Tensor) -> torch.Tensor:
+        kern, k = self._kernel, self.in_features
+        s, z = kern["s"], kern["z"]
+        groups = s.shape[1]
+        k8 = (k + 7) // 8 * 8
+        xf = x2.float()
+        if k8 != k:
+            xf = nn.functional.pad(xf, (0, k8 - k))
+        xf = xf.contiguous()
+        glen = k8 if groups == 1 else k // groups
+        y = torch.empty(xf.shape[0], self.out_features)
+        xsum = torch.empty(xf.shape[0], groups)
+        bias = None if self.bias is None else self.bias.detach().float().contiguous()
+        lib = kern["lib"]
+        lib.lbq_set_threads(torch.get_num_threads())
+        lib.lbq_gemm(_ptr(xf), xf.shape[0], k8, _ptr(self.qweight), self.out_features, self.qweight.shape[1],
+                     self.spec.bits, glen, groups, _ptr(s), _ptr(z), kern["per_row"],
+                     None if bias is None else _ptr(bias), _ptr(xsum), _ptr(y))
+        return y
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.spec.describe()}"
-
-    def storage_bits(self) -> int:
-        """Bits of packed weight, scales and zeros (the bias excluded)."""
-        n = self.qweight.numel() * 8 + self.scales.numel() * 16
-        return n + (self.qzeros.numel() * 8 if not self.spec.symmetric else 0)
