@@ -73,6 +73,17 @@ def _demo(a: argparse.Namespace) -> None:
         print(f"\ncheckpoints kept in {root}")
 
 
+def _export(a: argparse.Namespace) -> None:
+    from lowbit.export import export_model
+
+    res = export_model(a.src, a.out, a.format, a.type, a.bits, a.group_size)
+    if a.json:
+        print(json.dumps(res))
+    else:
+        kinds = res.get("tensors") or res.get("scheme")
+        print(f"wrote {res['out']} ({res['format']}, {kinds}, {res['bytes'] / 1e6:.2f} MB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `lowbit` command."""
     p = argparse.ArgumentParser(prog="lowbit", description="Make neural networks low-bit for real.")
@@ -108,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="quantize the bundled demo model with RTN and GPTQ at 4 and 3 bits")
     d.add_argument("--keep", help="keep the checkpoints in this directory")
     d.set_defaults(fn=_demo)
+
+    x = sub.add_parser("export", help="export a checkpoint to compressed-tensors (vLLM) or GGUF (llama.cpp)")
+    x.add_argument("src")
+    x.add_argument("--format", required=True, help="compressed-tensors or gguf")
+    x.add_argument("--type", default="Q4_0", help="GGUF type: Q8_0, Q4_0 or Q4_K (default Q4_0)")
+    x.add_argument("--bits", type=int, default=4, help="RTN bits when SRC is not quantized (compressed-tensors)")
+    x.add_argument("--group-size", type=int, default=128, help="RTN group size when SRC is not quantized")
+    x.add_argument("--out", required=True, help="output directory (compressed-tensors) or .gguf file")
+    x.add_argument("--json", action="store_true", help="print one JSON line")
+    x.set_defaults(fn=_export)
 
     i = sub.add_parser("inspect", help="what a model directory or checkpoint holds")
     i.add_argument("src")

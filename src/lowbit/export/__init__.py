@@ -2,4 +2,39 @@
 
 from lowbit.export.checkpoint import QUANT_FILE, load, save_quantized
 
-__all__ = ["QUANT_FILE", "load", "save_quantized"]
+__all__ = ["QUANT_FILE", "EXPORT_FORMATS", "export_model", "load", "save_quantized"]
+
+EXPORT_FORMATS = ("compressed-tensors", "gguf")
+
+
+def export_model(
+    src: str, out: str, format: str, gguf_type: str = "Q4_0", bits: int = 4, group_size: int = 128
+) -> dict:
+    """Export a lowbit checkpoint (codes carried over) or a float model (RTN on the fly) to another tool's format.
+
+    `format` is "compressed-tensors" (a directory vLLM loads) or "gguf" (one llama.cpp file of `gguf_type`);
+    `bits`/`group_size` set the RTN format used when a float source goes to compressed-tensors.
+    """
+    from pathlib import Path
+
+    from lowbit.errors import LowbitError
+    from lowbit.quantizers import WeightSpec
+
+    if format not in EXPORT_FORMATS:
+        raise LowbitError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if Path(out).exists():
+        raise LowbitError(f"{out} already exists; choose a new --out path or remove the old one")
+    if format == "gguf":
+        from lowbit.export.gguf_writer import GGUF_TYPES, export_gguf
+
+        if gguf_type not in GGUF_TYPES:
+            raise LowbitError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}")
+        from lowbit.export.source import open_source
+
+        return export_gguf(open_source(src), Path(out), gguf_type)
+    from lowbit.export.compressed_tensors import export_compressed_tensors, strategy
+    from lowbit.export.source import open_source
+
+    spec = WeightSpec(bits, group_size, True)
+    strategy(spec)
+    return export_compressed_tensors(open_source(src), Path(out), spec)

@@ -1,0 +1,114 @@
+"""Export to the compressed-tensors "pack-quantized" layout that vLLM and transformers load (W4A16, W8A16, ...).
+
+Per quantized linear `<name>`: `weight_packed` (int32, 32 codes in `bits` words, code i of a row at bit i*bits,
+stored as code - 2^(bits-1) + 2^(bits-1), i.e. our unsigned codes), `weight_scale` (fp16 [out, groups]),
+`weight_shape` ([out, in]) and, for asymmetric formats, `weight_zero_point` (our unsigned zero points packed the
+same way along the output dimension: [ceil(out*bits/32), groups]). Dequantized w = (q - z) * s exactly as in
+lowbit, so the codes, scales and zero points are carried over bit for bit, never re-quantized. config.json
+gains the `quantization_config` (quant_method compressed-tensors, one config group targeting Linear, the
+float linears such as lm_head ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from lowbit.errors import LowbitError
+from lowbit.export.checkpoint import QUANT_FILE, SKIP, atomic_dir
+from lowbit.export.source import ExportSource, note
+from lowbit.formats import pack
+from lowbit.kernels.qlinear import PackedLinear
+from lowbit.quantizers import WeightSpec
+
+CT_FORMAT = "pack-quantized"
+
+
+def _words(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned codes [rows, n] into int32 words [rows, ceil(n*bits/32)] (compressed-tensors' dense layout)."""
+    n = codes.shape[-1]
+    return pack(codes, bits, word="int32")[:, : (n * bits + 31) // 32].contiguous()
+
+
+def strategy(spec: WeightSpec) -> str:
+    """compressed-tensors' name for the granularity of `spec`."""
+    if spec.group_size > 0:
+        return "group"
+    if spec.group_size == 0:
+        return "channel"
+    raise LowbitError("per-tensor weights cannot be exported to compressed-tensors' pack-quantized format; "
+                      "quantize with a group size (e.g. --group-size 128) or per channel (--group-size 0)")
+
+
+def quantization_config(spec: WeightSpec, ignore: list[str]) -> dict:
+    """The `quantization_config` block of config.json for one weight spec applied to every targeted Linear."""
+    weights = {
+        "num_bits": spec.bits, "type": "int", "symmetric": spec.symmetric, "strategy": strategy(spec),
+        "group_size": spec.group_size if spec.group_size > 0 else None, "dynamic": False,
+        "observer": "mse" if spec.range == "mse" else "minmax", "actorder": None,
+    }
+    return {
+        "quant_method": "compressed-tensors", "format": CT_FORMAT, "quantization_status": "compressed",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
+                                      "output_activations": None, "format": CT_FORMAT}},
+        "ignore": sorted(ignore), "kv_cache_scheme": None, "global_compression_ratio": None,
+        "sparsity_config": {}, "transform_config": {},
+    }
+
+
+def module_tensors(name: str, m: PackedLinear) -> dict[str, torch.Tensor]:
+    """The compressed-tensors tensors of one packed linear (its bias excluded)."""
+    bits = m.spec.bits
+    nbytes = m.qweight.shape[1]  # our uint8 rows are the same LSB-first bit stream: regroup them as int32 words
+    words = torch.nn.functional.pad(m.qweight, (0, (-nbytes) % 4)).contiguous().view(torch.int32)
+    out = {
+        f"{name}.weight_packed": words[:, : (m.in_features * bits + 31) // 32].contiguous(),
+        f"{name}.weight_scale": m.scales.to(torch.float16).contiguous(),
+        f"{name}.weight_shape": torch.tensor([m.out_features, m.in_features], dtype=torch.int64),
+    }
+    if not m.spec.symmetric:
+        z = m.zeros().round().to(torch.uint8)  # [out, groups], unsigned like the codes
+        out[f"{name}.weight_zero_point"] = _words(z.t().contiguous(), bits).t().contiguous()
+    return out
+
+
+def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec) -> dict:
+    """Write `src` as a compressed-tensors pack-quantized checkpoint in directory `out` (atomically)."""
+    from safetensors.torch import save_file
+
+    if src.family.kind != "causal":
+        raise LowbitError(f"compressed-tensors export supports decoder LMs; {src.path} is a {src.family.name} encoder")
+    if not src.quantized:
+        note(f"{src.path} is not quantized: quantizing its block linears with RTN {rtn_spec.describe()} "
+             "(give a lowbit checkpoint to carry GPTQ codes over instead)")
+        strategy(rtn_spec)
+        src.quantize_rtn(rtn_spec)
+    packed = src.packed()
+    specs = {m.spec for m in packed.values()}
+    if len(specs) != 1:
+        raise LowbitError(f"{src.path}: expected one weight format for all quantized layers, found {len(specs)}")
+    spec = specs.pop()
+    strategy(spec)
+    if spec.bits not in (4, 8):
+        note(f"{spec.bits}-bit weights are valid compressed-tensors, but vLLM's kernels serve 4 and 8 bits only")
+    tensors = src.float_state()
+    for name, m in packed.items():
+        tensors.update(module_tensors(name, m))
+        if m.bias is not None:
+            tensors[f"{name}.bias"] = m.bias.data.to(src.storage_dtype).contiguous()
+    ignore = [n for n, m in src.linears().items() if not isinstance(m, PackedLinear)]
+    config = dict(src.config)
+    config["quantization_config"] = quantization_config(spec, ignore)
+    with atomic_dir(out) as tmp:
+        for f in src.path.iterdir():
+            if f.is_file() and not f.name.endswith(SKIP) and not f.name.endswith(".index.json") \
+                    and f.name not in (QUANT_FILE, "config.json"):
+                shutil.copy2(f, tmp / f.name)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return {"out": str(out), "format": "compressed-tensors", "scheme": f"W{spec.bits}A16", "spec": spec.describe(),
+            "modules": len(packed), "ignored": sorted(ignore), "carried_over": src.quantized,
+            "bytes": (out / "model.safetensors").stat().st_size}

@@ -1,0 +1,240 @@
+"""Export a Llama/Mistral model to GGUF (llama.cpp's file format) as Q8_0, Q4_0 or Q4_K, with its tokenizer.
+
+Follows llama.cpp's converter for the llama architecture: metadata keys `llama.*` (context, embedding and
+feed-forward lengths, heads, rope base and dimensions, RMS-norm epsilon), tensor names token_embd /
+blk.N.attn_q ... / output_norm / output, the row permutation of q and k that turns Hugging Face's rotate-half
+rope layout into llama.cpp's interleaved one, and the SentencePiece vocabulary (tokens, scores, types, special
+ids). Linear weights of a lowbit checkpoint whose format fits the GGUF type (groups a multiple of 32 or per
+channel, and every code - zero in the type's integer range: symmetric <= 4 bits for Q4_0, symmetric <= 8 or
+asymmetric <= 7 bits for Q8_0) are carried over as they are: the GGUF blocks decode to exactly our weights.
+Everything else is re-quantized from the dequantized weights, and the console says so. Embeddings and the LM
+head keep their stored precision (F16, or F32 for other dtypes); norms are F32.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lowbit.errors import LowbitError
+from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_q4_k
+from lowbit.export.source import ExportSource, atomic_file, note
+from lowbit.kernels.qlinear import PackedLinear
+
+GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_K")
+FAMILIES = ("llama", "mistral")
+FILE_TYPE = {"Q8_0": 7, "Q4_0": 2, "Q4_K": 14}  # llama.cpp's LlamaFileType: MOSTLY_Q8_0, MOSTLY_Q4_0, MOSTLY_Q4_K_S
+LAYER = {
+    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+       "lm_head.weight": "output.weight"}
+
+
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp's tensor name for a Hugging Face Llama tensor name (a clear error for anything unknown)."""
+    if hf_name in TOP:
+        return TOP[hf_name]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+?)(\.weight|\.bias)?", hf_name)
+    if m:
+        idx, rest, suffix = m.group(1), m.group(2), m.group(3) or ""
+        if rest + suffix in LAYER:
+            return f"blk.{idx}.{LAYER[rest + suffix]}"
+        if rest in LAYER:
+            return f"blk.{idx}.{LAYER[rest]}{suffix}"
+    raise LowbitError(f"tensor {hf_name} has no GGUF llama counterpart; only plain Llama/Mistral layouts export")
+
+
+def rope_permutation(rows: int, n_head: int) -> torch.Tensor:
+    """Row order that llama.cpp's converter applies to q (n_head) and k (n_kv_head) weights: per head, the two
+    rotate-half halves are interleaved (row i of the first half, row i of the second half, ...)."""
+    half = rows // n_head // 2
+    return torch.arange(rows).reshape(n_head, 2, half).transpose(1, 2).reshape(-1)
+
+
+def _config_value(cfg: dict, *keys: str, default: object = None) -> object:
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return default
+
+
+def hparams(cfg: dict) -> dict:
+    """The llama hyper-parameters GGUF needs, read from a Hugging Face config (clear errors when unsupported)."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type not in ("default", None):
+        raise LowbitError(f"rope type {rope_type!r} is not supported by the GGUF export (plain rope only)")
+    n_head = int(cfg["num_attention_heads"])
+    hidden = int(cfg["hidden_size"])
+    head_dim = int(_config_value(cfg, "head_dim", default=hidden // n_head))
+    return {
+        "context": int(cfg.get("max_position_embeddings", 2048)), "hidden": hidden,
+        "layers": int(cfg["num_hidden_layers"]), "ffn": int(cfg["intermediate_size"]), "n_head": n_head,
+        "n_kv": int(_config_value(cfg, "num_key_value_heads", default=n_head)), "head_dim": head_dim,
+        "eps": float(cfg.get("rms_norm_eps", 1e-5)), "vocab": int(cfg["vocab_size"]),
+        "rope_theta": float(_config_value(rope, "rope_theta", default=_config_value(cfg, "rope_theta",
+                                                                                       default=10000.0))),
+    }
+
+
+def sentencepiece_vocab(path: Path, vocab_size: int) -> dict:
+    """Tokens, scores and token types of a SentencePiece tokenizer.model (llama.cpp's 'llama' tokenizer)."""
+    import sentencepiece as spm
+    from gguf import TokenType
+
+    f = path / "tokenizer.model"
+    if not f.is_file():
+        raise LowbitError(f"{path} has no tokenizer.model; GGUF export needs a SentencePiece tokenizer "
+                          "(Llama/Mistral with tokenizer.model)")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(f))
+    except Exception as e:
+        raise LowbitError(f"{f} is not a readable SentencePiece model ({e})") from e
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        kind = (TokenType.UNKNOWN if sp.is_unknown(i) else TokenType.CONTROL if sp.is_control(i)
+                else TokenType.UNUSED if sp.is_unused(i) else TokenType.BYTE if sp.is_byte(i) else TokenType.NORMAL)
+        tokens.append(sp.id_to_piece(i).encode("utf-8"))
+        scores.append(sp.get_score(i))
+        types.append(kind)
+    if vocab_size < len(tokens):
+        raise LowbitError(f"tokenizer.model has {len(tokens)} tokens but the model only {vocab_size} embeddings")
+    for i in range(len(tokens), vocab_size):  # padded embedding rows, as llama.cpp's converter names them
+        tokens.append(f"[PAD{i}]".encode())
+        scores.append(-1000.0)
+        types.append(TokenType.UNUSED)
+    ids = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "pad": sp.pad_id()}
+    return {"tokens": tokens, "scores": scores, "types": types, "ids": ids}
+
+
+def carry_over(m: PackedLinear, qtype: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Signed integers [out, in] and fp16 block scales [out, in/32] if `m` is exactly a `qtype` tensor, else None."""
+    g = m.spec.group_size
+    if qtype == "Q4_K" or m.in_features % QK or (g > 0 and g % QK):
+        return None
+    x = m.codes().to(torch.int32)
+    zeros = m.zeros().round().to(torch.int32)  # [rows, groups]
+    scales = m.scales  # fp16 [rows, groups]
+    reps = m.in_features // QK if g <= 0 else g // QK
+    zeros = zeros.repeat_interleave(m.in_features // zeros.shape[1], dim=1).expand(m.out_features, -1)
+    x = x - zeros
+    lo, hi = INT_RANGE[qtype]
+    if int(x.min()) < lo or int(x.max()) > hi:
+        return None
+    d = scales.repeat_interleave(reps, dim=1).expand(m.out_features, -1).contiguous()
+    return x, d
+
+
+def linear_tensor(m: torch.nn.Module, qtype: str, perm: torch.Tensor | None) -> tuple[np.ndarray, str, bool]:
+    """GGUF bytes of one linear weight in `qtype` (rows permuted by `perm`), its type name, and whether carried over."""
+    import gguf
+
+    exact = carry_over(m, qtype) if isinstance(m, PackedLinear) else None
+    if exact is not None:
+        x, d = exact
+        if perm is not None:
+            x, d = x[perm], d[perm]
+        return int_blocks(x, d, qtype), qtype, True
+    w = m.dequantized_weight(torch.float32) if isinstance(m, PackedLinear) else m.weight.data.float()
+    if perm is not None:
+        w = w[perm]
+    if qtype == "Q4_K" and w.shape[1] % QK_K == 0:
+        return quantize_q4_k(w)[0], qtype, False
+    if w.shape[1] % QK:
+        return w.to(torch.float16).numpy(), "F16", False
+    fallback = qtype if qtype != "Q4_K" else "Q8_0"  # llama.cpp also leaves Q4_K for rows not a multiple of 256
+    t = getattr(gguf.GGMLQuantizationType, fallback)
+    return gguf.quants.quantize(w.contiguous().numpy(), t), fallback, False
+
+
+def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
+    """Write `src` as a GGUF file of type `qtype` at `out` (atomically); returns a summary."""
+    import gguf
+
+    if qtype not in GGUF_TYPES:
+        raise LowbitError(f"unknown GGUF type {qtype!r}; choose one of {', '.join(GGUF_TYPES)}")
+    if src.family.name not in FAMILIES:
+        raise LowbitError(f"GGUF export supports Llama and Mistral models with a SentencePiece tokenizer.model; "
+                          f"{src.path} is {src.family.name}")
+    hp = hparams(src.config)
+    vocab = sentencepiece_vocab(src.path, hp["vocab"])
+    if not src.quantized:
+        note(f"{src.path} is not quantized: its linear weights are quantized to {qtype} with round-to-nearest")
+    linears = {n: m for n, m in src.linears().items() if n.startswith("model.layers.")}
+    floats = {k: v for k, v in src.float_state().items()
+              if k.rpartition(".")[0] not in linears or not k.endswith(".weight")}
+    tied = bool(src.config.get("tie_word_embeddings", False))
+    if tied:
+        floats.pop("lm_head.weight", None)
+    kinds: Counter = Counter()
+    with atomic_file(out) as tmp:
+        w = gguf.GGUFWriter(str(tmp), "llama")
+        w.add_name(src.path.name)
+        w.add_context_length(hp["context"])
+        w.add_embedding_length(hp["hidden"])
+        w.add_block_count(hp["layers"])
+        w.add_feed_forward_length(hp["ffn"])
+        w.add_head_count(hp["n_head"])
+        w.add_head_count_kv(hp["n_kv"])
+        w.add_rope_freq_base(hp["rope_theta"])
+        w.add_rope_dimension_count(hp["head_dim"])
+        w.add_layer_norm_rms_eps(hp["eps"])
+        w.add_vocab_size(hp["vocab"])
+        if hp["head_dim"] * hp["n_head"] != hp["hidden"]:
+            w.add_key_length(hp["head_dim"])
+            w.add_value_length(hp["head_dim"])
+        w.add_file_type(FILE_TYPE[qtype])
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(vocab["tokens"])
+        w.add_token_scores(vocab["scores"])
+        w.add_token_types(vocab["types"])
+        for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
+                         ("pad", w.add_pad_token_id)):
+            if vocab["ids"][key] >= 0:
+                add(vocab["ids"][key])
+        w.add_add_bos_token(True)
+        w.add_add_eos_token(False)
+        for name, t in floats.items():
+            if name.rpartition(".")[0] in linears and name.endswith(".bias"):
+                continue
+            gname = gguf_name(name)
+            if t.dim() == 1:
+                w.add_tensor(gname, t.float().numpy())
+            else:
+                keep = torch.float16 if src.storage_dtype == torch.float16 else torch.float32
+                w.add_tensor(gname, t.to(keep).contiguous().numpy())
+        for name, m in linears.items():
+            gname = gguf_name(name)
+            perm = None
+            if gname.endswith(".attn_q"):
+                perm = rope_permutation(m.out_features, hp["n_head"])
+            elif gname.endswith(".attn_k"):
+                perm = rope_permutation(m.out_features, hp["n_kv"])
+            data, kind, exact = linear_tensor(m, qtype, perm)
+            kinds[f"{kind} {'carried over' if exact else 're-quantized'}" if kind != "F16" else "F16"] += 1
+            raw = getattr(gguf.GGMLQuantizationType, kind) if data.dtype == np.uint8 else None
+            w.add_tensor(f"{gname}.weight", data, raw_dtype=raw)
+            if m.bias is not None:
+                b = m.bias.data.float()
+                w.add_tensor(f"{gname}.bias", (b[perm] if perm is not None else b).numpy())
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    requant = sum(v for k, v in kinds.items() if "re-quantized" in k)
+    if src.quantized and requant:
+        spec = next(iter(src.packed().values())).spec.describe() if src.packed() else "float"
+        note(f"{requant} of {len(linears)} linear weights were re-quantized from the dequantized {spec} weights "
+             f"into {qtype}: the format does not map onto it exactly ({dict(kinds)})")
+    return {"out": str(out), "format": "gguf", "type": qtype, "tensors": dict(kinds),
+            "carried_over": sum(v for k, v in kinds.items() if "carried" in k), "linears": len(linears),
+            "bytes": out.stat().st_size}
