@@ -1,12 +1,14 @@
 """PackedLinear: a linear layer whose weight stays bit-packed in memory (2-8 bits, group-wise scales).
 
 Three ways to compute, picked on the first forward (`backend()` says which, `LOWBIT_QLINEAR=...` forces one):
-- "int4pack": 4-bit weights with bf16 activations use PyTorch's CPU int4 kernel
-  (`aten._weight_int4pack_mm_for_cpu`); the codes are held only in that kernel's layout.
-- "c": our C kernel (csrc/qgemv.c, built on first use with -march=native) reads the packed rows directly:
-  a group-wise GEMV for decode (any of 2-8 bits, fp32 arithmetic) and a dequantize-to-bf16 for prefill.
+- "c" (default): our C kernel (csrc/qgemv.c, built on first use with -march=native) reads the packed rows
+  directly: a group-wise GEMV for decode (2-8 bits, AVX-512 for 2/3/4/8, fp32 arithmetic) and a vectorised
+  dequantize (to bf16 or fp32) for prefill. Measured here it is faster than PyTorch's int4 kernel.
+- "int4pack" (opt-in): 4-bit weights with bf16 activations use PyTorch's CPU int4 kernel
+  (`aten._weight_int4pack_mm_for_cpu`); the codes are then held only in that kernel's layout.
 - "torch": the reference, correct everywhere: dequantize to the activation dtype, then a float matmul.
-Batches above `PREFILL_ROWS` rows dequantize once and run a float matmul (bf16 goes to the AMX path).
+Batches above `PREFILL_ROWS` rows dequantize once into a reused scratch buffer and run a float matmul
+(bf16 goes to oneDNN's AMX path).
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ def _get_lib() -> ctypes.CDLL | None:
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         lib.lbq_set_threads.argtypes, lib.lbq_set_threads.restype = [i32], None
         lib.lbq_gemm.argtypes = [p, i64, i64, p, i64, i64, i32, i64, i64, p, p, i64, p, p, p]
-        lib.lbq_dequant_bf16.argtypes = [p, i64, i64, i64, i32, i64, i64, p, p, i64, p]
+        lib.lbq_dequant.argtypes = [p, i64, i64, i64, i32, i64, i64, p, p, i64, i32, p]
         lib.lbq_dequant_int4pack_bf16.argtypes = [p, i64, i64, i64, i64, p, p, p]
-        for f in (lib.lbq_gemm, lib.lbq_dequant_bf16, lib.lbq_dequant_int4pack_bf16):
+        for f in (lib.lbq_gemm, lib.lbq_dequant, lib.lbq_dequant_int4pack_bf16):
             f.restype = None
         _lib = lib
         return lib
@@ -61,6 +63,19 @@ def _get_lib() -> ctypes.CDLL | None:
 
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
+
+
+_scratch = threading.local()
+
+
+def _scratch_matrix(n: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """A reused [n, k] buffer for dequantized weights (one per thread and dtype; no page faults per call)."""
+    key = f"buf_{dtype}"
+    buf = getattr(_scratch, key, None)
+    if buf is None or buf.numel() < n * k:
+        buf = torch.empty(n * k, dtype=dtype)
+        setattr(_scratch, key, buf)
+    return buf[: n * k].view(n, k)
 
 
 def _int4pack_unpack(w4: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -156,7 +171,7 @@ class PackedLinear(nn.Module):
         n, k, spec = self.out_features, self.in_features, self.spec
         # per-channel scales fit the int4 kernel by repeating them over groups of 128 (exactly the same weights)
         g4 = glen if glen in _INT4_GROUPS else (128 if groups == 1 and k % 128 == 0 else 0)
-        if (want in ("auto", "int4pack") and spec.bits == 4 and act_dtype == torch.bfloat16 and n % 64 == 0
+        if (want == "int4pack" and spec.bits == 4 and act_dtype == torch.bfloat16 and n % 64 == 0
                 and g4 and k % g4 == 0 and s.shape[0] == n and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")):
             codes = self.codes()
             w4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
@@ -176,22 +191,24 @@ class PackedLinear(nn.Module):
         self._kernel = {"name": "torch"}
         return "torch"
 
-    def _dequant_bf16(self) -> torch.Tensor:
+    def _dequant(self, dtype: torch.dtype) -> torch.Tensor:
+        """The float weight in a scratch buffer, through the C kernels (bf16 or fp32)."""
         kern, n, k = self._kernel, self.out_features, self.in_features
         lib = _get_lib()
-        if lib is None:
-            return self.dequantized_weight(torch.bfloat16)
-        out = torch.empty(n, k, dtype=torch.bfloat16)
+        if lib is None or dtype not in (torch.bfloat16, torch.float32):
+            return self.dequantized_weight(dtype)
+        out = _scratch_matrix(n, k, dtype)
         lib.lbq_set_threads(torch.get_num_threads())
+        s, z = kern["s"], kern["z"]
         if kern["name"] == "int4pack":
-            s, z = kern["s"], kern["z"]
+            if dtype != torch.bfloat16:
+                return self.dequantized_weight(dtype)
             lib.lbq_dequant_int4pack_bf16(_ptr(kern["w4"]), n, k, kern["group"], s.shape[1], _ptr(s), _ptr(z),
                                           _ptr(out))
         else:
-            s, z = kern["s"], kern["z"]
             glen = k if s.shape[1] == 1 else k // s.shape[1]
-            lib.lbq_dequant_bf16(_ptr(self.qweight), n, k, self.qweight.shape[1], self.spec.bits, glen, s.shape[1],
-                                 _ptr(s), _ptr(z), kern["per_row"], _ptr(out))
+            lib.lbq_dequant(_ptr(self.qweight), n, k, self.qweight.shape[1], self.spec.bits, glen, s.shape[1],
+                            _ptr(s), _ptr(z), kern["per_row"], int(dtype == torch.bfloat16), _ptr(out))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,8 +222,7 @@ class PackedLinear(nn.Module):
         if name == "torch" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
         if rows > PREFILL_ROWS:
-            w = self._dequant_bf16() if x.dtype == torch.bfloat16 else self.dequantized_weight(x.dtype)
-            return nn.functional.linear(x, w.to(x.dtype), bias)
+            return nn.functional.linear(x, self._dequant(x.dtype), bias)
         x2 = x.reshape(rows, self.in_features)
         if name == "int4pack":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), kern["w4"],

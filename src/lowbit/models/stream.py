@@ -56,3 +56,32 @@ def load_into(model: torch.nn.Module, files: list[Path]) -> bool:
                 state[name].copy_(t)
                 del t
     return True
+
+
+class TensorIndex:
+    """Where each tensor of a (sharded) safetensors checkpoint lies, to read any one of them on demand."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.where: dict[str, tuple[Path, int, int, torch.dtype, list[int]]] = {}
+        for f in files:
+            with open(f, "rb") as h:
+                (n,) = struct.unpack("<Q", h.read(8))
+                header = json.loads(h.read(n))
+            for name, info in header.items():
+                if name != "__metadata__":
+                    start, end = info["data_offsets"]
+                    self.where[name] = (f, 8 + n + start, end - start, DTYPES[info["dtype"]], info["shape"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor, read into fresh memory with a plain file read (no mapping of the file)."""
+        f, offset, size, dtype, shape = self.where[name]
+        t = torch.empty(shape, dtype=dtype)
+        if t.numel():
+            with open(f, "rb") as h:
+                h.seek(offset)
+                if h.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != size:
+                    raise OSError(f"{f}: tensor {name} is truncated")
+        return t

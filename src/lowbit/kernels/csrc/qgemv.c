@@ -37,8 +37,13 @@ static inline __m512 codes16(uint64_t v, __m512i lo_shift, __m512i hi_shift, __m
 static inline __m512 f16(__m128i bytes) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)); }
 #endif
 
-/* sum_k x[k] * code[k] over `len` codes (len a multiple of 8) of one row starting at byte `p`. */
+/* sum_k x[k] * code[k] over `len` codes (len a multiple of 8) of one row starting at byte `p`: with AVX-512
+ * the bulk is left in 16 lanes (*vec, summed by the caller after scaling) and the scalar tail returned. */
+#ifdef LBQ_AVX512
+static inline float dot_group(const uint8_t *p, const float *x, int64_t len, int bits, int last_row, __m512 *vec) {
+#else
 static inline float dot_group(const uint8_t *p, const float *x, int64_t len, int bits, int last_row) {
+#endif
     int64_t k = 0;
     float tail = 0;
 #ifdef LBQ_AVX512
@@ -91,7 +96,7 @@ static inline float dot_group(const uint8_t *p, const float *x, int64_t len, int
             a1 = _mm512_fmadd_ps(codes16(v1 & keep, lo_shift, hi_shift, mask), _mm512_loadu_ps(x + k + 16), a1);
         }
     }
-    tail = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    *vec = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
 #endif
     const uint64_t mask1 = (1u << bits) - 1u;
     for (; k < len; k += 8) { /* generic: 8 codes fill `bits` bytes */
@@ -124,12 +129,25 @@ void lbq_gemm(const float *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N
             const float *xm = x + m * K;
             const float *xs = xsum + m * G;
             float acc = 0;
+#ifdef LBQ_AVX512
+            __m512 accv = _mm512_setzero_ps();
+#endif
             for (int64_t g = 0; g < G; g++) {
                 int64_t start = g * group;
                 int64_t len = (start + group < K ? group : K - start);
-                float d = dot_group(row + g * group_bytes, xm + start, len, bits, n == N - 1 && g == G - 1);
+                int last = n == N - 1 && g == G - 1;
+#ifdef LBQ_AVX512
+                __m512 v;
+                float d = dot_group(row + g * group_bytes, xm + start, len, bits, last, &v);
+                accv = _mm512_fmadd_ps(_mm512_set1_ps(sc[g]), v, accv);
+#else
+                float d = dot_group(row + g * group_bytes, xm + start, len, bits, last);
+#endif
                 acc += sc[g] * (d - zp[g] * xs[g]);
             }
+#ifdef LBQ_AVX512
+            acc += _mm512_reduce_add_ps(accv);
+#endif
             y[m * N + n] = acc + (bias ? bias[n] : 0.0f);
         }
     }
@@ -142,22 +160,58 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch doe
     return (uint16_t)(u >> 16);
 }
 
-/* Dequantize the packed row layout to bf16 [N, K] (for prefill: then a bf16 matmul). */
-void lbq_dequant_bf16(const uint8_t *qw, int64_t N, int64_t K, int64_t row_bytes, int bits, int64_t group,
-                      int64_t G, const float *scales, const float *zeros, int64_t per_row, uint16_t *out) {
+#ifdef LBQ_AVX512
+/* 16 codes starting at code k of a row of `bits` in {2, 4, 8}, as floats (k a multiple of 16). */
+static inline __m512 load16(const uint8_t *row, int64_t k, int bits) {
+    if (bits == 8) return f16(_mm_loadu_si128((const __m128i *)(row + k)));
+    if (bits == 4) {
+        __m128i b = _mm_loadl_epi64((const __m128i *)(row + k / 2)), m4 = _mm_set1_epi8(15);
+        return f16(_mm_unpacklo_epi8(_mm_and_si128(b, m4), _mm_and_si128(_mm_srli_epi16(b, 4), m4)));
+    }
+    uint32_t w;
+    memcpy(&w, row + k / 4, 4);
+    __m128i b = _mm_cvtsi32_si128((int)w), m2 = _mm_set1_epi8(3);
+    __m128i e01 = _mm_unpacklo_epi8(_mm_and_si128(b, m2), _mm_and_si128(_mm_srli_epi16(b, 2), m2));
+    __m128i e23 = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m2), _mm_and_si128(_mm_srli_epi16(b, 6), m2));
+    return f16(_mm_unpacklo_epi16(e01, e23));
+}
+#endif
+
+/* Dequantize the packed row layout to [N, K] bf16 (out_bf16 = 1, uint16 bits) or fp32, for prefill. */
+void lbq_dequant(const uint8_t *qw, int64_t N, int64_t K, int64_t row_bytes, int bits, int64_t group,
+                 int64_t G, const float *scales, const float *zeros, int64_t per_row, int out_bf16, void *out) {
     const uint64_t mask = (1u << bits) - 1u;
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = qw + n * row_bytes;
         const float *sc = scales + (per_row ? n * G : 0);
         const float *zp = zeros + (per_row ? n * G : 0);
-        uint16_t *o = out + n * K;
-        for (int64_t k0 = 0; k0 < K; k0 += 8) {
+        uint16_t *ob = (uint16_t *)out + n * K;
+        float *of = (float *)out + n * K;
+        int64_t k0 = 0;
+#ifdef LBQ_AVX512
+        if ((bits == 2 || bits == 4 || bits == 8) && group % 16 == 0) {
+            for (int64_t g = 0; g < G; g++) {
+                __m512 vs = _mm512_set1_ps(sc[g]), vz = _mm512_set1_ps(zp[g]);
+                for (int64_t k = g * group; k < (g + 1) * group && k + 16 <= K; k += 16) {
+                    __m512 w = _mm512_mul_ps(_mm512_sub_ps(load16(row, k, bits), vz), vs);
+#ifdef __AVX512BF16__
+                    if (out_bf16) { _mm256_storeu_si256((__m256i *)(ob + k), (__m256i)_mm512_cvtneps_pbh(w)); continue; }
+#endif
+                    if (out_bf16) { float t[16]; _mm512_storeu_ps(t, w); for (int j = 0; j < 16; j++) ob[k + j] = to_bf16(t[j]); }
+                    else _mm512_storeu_ps(of + k, w);
+                }
+            }
+            k0 = K / 16 * 16 < G * group ? K / 16 * 16 : G * group;
+        }
+#endif
+        for (; k0 < K; k0 += 8) {
             uint64_t v = 0;
             memcpy(&v, row + k0 / 8 * bits, (size_t)bits);
             for (int j = 0; j < 8 && k0 + j < K; j++) {
                 int64_t g = (k0 + j) / group;
-                o[k0 + j] = to_bf16(((float)((v >> (j * bits)) & mask) - zp[g]) * sc[g]);
+                float w = ((float)((v >> (j * bits)) & mask) - zp[g]) * sc[g];
+                if (out_bf16) ob[k0 + j] = to_bf16(w); else of[k0 + j] = w;
             }
         }
     }

@@ -1,0 +1,210 @@
+"""Quantize a model larger than memory: one block in memory at a time, each written out as it is done.
+
+The model is built on the meta device (no memory); embeddings, final norm and head are read in full; each
+block is read from the safetensors shards when its turn comes, quantized (with sequential calibration for
+GPTQ), packed, written as its own shard and dropped. Peak memory is about one fp32 block, the embeddings
+and head, and one block's calibration activations, whatever the number of blocks.
+
+Everything goes to `.<out>.partial/` beside the output: every shard is written to a temporary file and
+renamed, and `progress.json` lists the finished blocks, so a crash or Ctrl-C leaves only that folder and
+`resume=True` continues from the last finished block (earlier blocks are re-read packed, to feed the
+calibration data forward). The folder becomes `out` by one rename at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.export.checkpoint import (
+    FORMAT_VERSION,
+    QUANT_FILE,
+    SKIP,
+    _storage_dtype,
+    _unique_state,
+    replace_linears,
+)
+from lowbit.kernels.qlinear import PackedLinear
+from lowbit.models import block_linears
+from lowbit.models.load import check_weight_files, family_of, read_config
+from lowbit.models.stream import TensorIndex
+from lowbit.quantizers import WeightSpec
+
+PROGRESS = "progress.json"
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "lowbit": "1"})
+    os.replace(tmp, path)
+
+
+def _meta_model(path: Path, kind: str) -> nn.Module:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModel
+    with torch.device("meta"):
+        model = auto.from_config(hf_config, dtype=torch.float32)
+    return model
+
+
+def _materialize_outside(model: nn.Module, blocks: nn.ModuleList, index: TensorIndex) -> None:
+    """Read every tensor outside the blocks; rebuild computed buffers (rotary frequencies) on the CPU."""
+    inside = {id(m) for m in blocks.modules()}
+    for mname, mod in model.named_modules():
+        if id(mod) in inside:
+            continue
+        for pname, p in list(mod.named_parameters(recurse=False)):
+            full = f"{mname}.{pname}" if mname else pname
+            if full in index:
+                mod._parameters[pname] = nn.Parameter(index.read(full).float(), requires_grad=False)
+        for bname, b in list(mod.named_buffers(recurse=False)):
+            if b is not None and b.is_meta and "Rotary" in type(mod).__name__:
+                fresh = type(mod)(config=model.config)
+                for k, v in fresh.named_buffers(recurse=False):
+                    mod._buffers[k] = v
+                break
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.is_meta and not any(t is u for u in list(blocks.parameters()) + list(blocks.buffers()))]
+    if left:
+        raise LowbitError(f"streaming cannot place {', '.join(left[:4])} (not in the checkpoint); quantize this "
+                          "model without --stream")
+
+
+def _load_block(block: nn.Module, prefix: str, index: TensorIndex) -> None:
+    block.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, t in block.state_dict(keep_vars=True).items():
+            full = prefix + name
+            if full not in index:
+                raise LowbitError(f"{full} is missing from the checkpoint's safetensors files")
+            src = index.read(full)
+            if tuple(src.shape) != tuple(t.shape):
+                raise LowbitError(f"{full} has shape {tuple(src.shape)} in the checkpoint, {tuple(t.shape)} expected")
+            if not torch.isfinite(src).all():
+                raise LowbitError(f"{full} holds NaN or Inf values; the checkpoint is broken")
+            t.copy_(src)
+
+
+def _load_packed_block(block: nn.Module, prefix: str, shard: Path, spec: WeightSpec) -> None:
+    """Rebuild an already-quantized block (packed linears) from its shard, for resuming."""
+    block.to_empty(device="cpu")
+    for name, lin in block_linears(block).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = block.get_submodule(parent_name) if parent_name else block
+        setattr(parent, child, PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None))
+    index = TensorIndex([shard])
+    with torch.no_grad():
+        for name, t in block.state_dict(keep_vars=True).items():
+            t.copy_(index.read(prefix + name))
+
+
+def _free_block(block: nn.Module) -> None:
+    for m in block.modules():
+        if isinstance(m, PackedLinear):
+            m.release()
+    block.to("meta")
+
+
+def quantize_streaming(
+    src: Path, out: Path, config: object, calib_tokens: torch.Tensor | None, batch_size: int = 16,
+    resume: bool = False, progress: bool = True, meta: dict | None = None,
+) -> dict:
+    """Quantize `src` block by block from disk into the sharded checkpoint `out` (see the module docstring)."""
+    from lowbit.ptq import quantize
+
+    if out.exists():
+        raise LowbitError(f"{out} already exists; choose a new --out directory or remove the old one")
+    partial = out.parent / f".{out.name}.partial"
+    fingerprint = {"source": str(src.resolve()), "config": repr(config),
+                   "calibration": None if calib_tokens is None else list(calib_tokens.shape)}
+    if partial.exists():
+        if not resume:
+            raise LowbitError(f"{partial} holds an unfinished run; pass --resume to continue it or remove it")
+        state = json.loads((partial / PROGRESS).read_text())
+        if state["fingerprint"] != fingerprint:
+            raise LowbitError(f"{partial} was started with other settings ({state['fingerprint']['config']}); "
+                              "use the same settings to resume, or remove it")
+    else:
+        partial.mkdir(parents=True)
+        state = {"fingerprint": fingerprint, "done": {}, "seconds": 0.0}
+        _write_json(partial / PROGRESS, state)
+    t0 = time.perf_counter()
+    cfg = read_config(src)
+    fam = family_of(cfg, src)
+    index = TensorIndex(check_weight_files(src))
+    model = _meta_model(src, fam.kind)
+    blocks = fam.blocks(model)
+    prefix = next(n for n, m in model.named_modules() if m is blocks)
+    n_shards = len(blocks) + 1
+    dtype = _storage_dtype(cfg)
+    shard_name = "model-{:05d}-of-{:05d}.safetensors".format
+    _materialize_outside(model, blocks, index)
+    head = partial / shard_name(1, n_shards)
+    if not head.exists():
+        inside = {f"{prefix}.{k}" for k in blocks.state_dict(keep_vars=True)}
+        _save_shard({k: v for k, v in _unique_state(model, dtype).items() if k not in inside and not
+                     v.is_meta}, head)
+    spec = config.weight  # type: ignore[attr-defined]
+
+    def before(i: int, block: nn.Module) -> bool:
+        shard = partial / shard_name(i + 2, n_shards)
+        if str(i) in state["done"] and shard.exists():
+            _load_packed_block(block, f"{prefix}.{i}.", shard, spec)
+            return True
+        _load_block(block, f"{prefix}.{i}.", index)
+        return False
+
+    def after(i: int, block: nn.Module) -> None:
+        if str(i) in state["done"]:  # resumed: already on disk
+            _free_block(block)
+            return
+        packed = {f"{prefix}.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, PackedLinear)}
+        state_i = {f"{prefix}.{i}.{k}": v for k, v in _unique_state(block, dtype).items()}
+        _save_shard(state_i, partial / shard_name(i + 2, n_shards))
+        state["done"][str(i)] = {"modules": sorted(packed), "bits": sum(m.storage_bits() for m in packed.values()),
+                                 "numel": sum(m.in_features * m.out_features for m in packed.values())}
+        state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - t_block[0]
+        _write_json(partial / PROGRESS, state)
+        _free_block(block)
+        t_block[0] = time.perf_counter()
+
+    t_block = [time.perf_counter()]
+    quantize(model, fam, config, calib_tokens, batch_size, progress,  # type: ignore[arg-type]
+             on_block=lambda done: replace_linears(model, done), before_block=before, after_block=after)
+    done = state["done"]
+    weight_map = {}
+    for f in sorted(partial.glob("model-*.safetensors")):
+        weight_map.update({k: f.name for k in TensorIndex([f]).where})
+    _write_json(partial / "model.safetensors.index.json", {"metadata": {"format": "lowbit"}, "weight_map": weight_map})
+    for f in src.iterdir():
+        if f.is_file() and not f.name.endswith(SKIP) and not f.name.endswith(".index.json"):
+            shutil.copy2(f, partial / f.name)
+    qcfg = {"format": "lowbit", "version": FORMAT_VERSION, "bits": spec.bits, "group_size": spec.group_size,
+            "symmetric": spec.symmetric, "range": spec.range, "packing": "uint8-lsb-first",
+            "modules": sorted(m for d in done.values() for m in d["modules"]),
+            "bits_per_weight": sum(d["bits"] for d in done.values()) / sum(d["numel"] for d in done.values()),
+            "method": config.method, "streamed": True,  # type: ignore[attr-defined]
+            "quantize_seconds": round(state["seconds"], 3), **(meta or {})}
+    (partial / QUANT_FILE).write_text(json.dumps(qcfg, indent=2) + "\n")
+    (partial / PROGRESS).unlink()
+    os.replace(partial, out)
+    return {**qcfg, "total_seconds": time.perf_counter() - t0}

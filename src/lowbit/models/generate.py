@@ -1,0 +1,105 @@
+"""Text generation with a KV cache (greedy or sampled), timing prefill and decode separately."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+
+
+@dataclass
+class Generation:
+    """What generate() produced and how fast: tokens per second for the prompt (prefill) and for decoding."""
+
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        """Prompt tokens processed per second."""
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else float("nan")
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """New tokens per second after the first (each a batch-1 forward with the cache)."""
+        n = self.new_tokens - 1  # the first new token comes out of the prefill
+        return n / self.decode_seconds if n > 0 and self.decode_seconds > 0 else float("nan")
+
+    def as_dict(self) -> dict:
+        """JSON-friendly summary."""
+        return {"text": self.text, "prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
+                "prefill_seconds": self.prefill_seconds, "decode_seconds": self.decode_seconds,
+                "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s}
+
+
+@torch.inference_mode()
+def warm_up(model: nn.Module) -> None:
+    """One short forward, so that kernels are built and weights converted before anything is timed."""
+    model(input_ids=torch.zeros(1, 2, dtype=torch.long), use_cache=False)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> int:
+    """Next token id from last-position logits [vocab]: argmax at temperature 0, else top-k / top-p sampling."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set whose mass reaches top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+
+@torch.inference_mode()
+def generate(
+    model: nn.Module, tokenizer: object, prompt: str | list[int], max_new_tokens: int = 64,
+    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
+) -> Generation:
+    """Continue `prompt` (text or token ids) by up to `max_new_tokens` tokens with a KV cache."""
+    from transformers import DynamicCache
+
+    if max_new_tokens < 1:
+        raise LowbitError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not 0 < top_p <= 1:
+        raise LowbitError(f"--top-p must be in (0, 1], got {top_p}")
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]  # type: ignore[operator]
+    else:
+        ids = list(prompt)
+    if not ids:
+        raise LowbitError("the prompt is empty; give at least one token of text")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and len(ids) + max_new_tokens > limit:
+        raise LowbitError(f"prompt ({len(ids)} tokens) + --max-new-tokens {max_new_tokens} exceeds the model's "
+                          f"context of {limit} tokens; shorten the prompt or ask for fewer tokens")
+    eos = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
+    gen = torch.Generator().manual_seed(seed)
+    # transformers >= 5.2x names the argument `cache` (and deprecates `past_key_values`)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = {key: DynamicCache(), "use_cache": True}
+    t0 = time.perf_counter()
+    out = model(input_ids=torch.tensor([ids]), **kw)
+    nxt = _pick(out.logits[0, -1], temperature, top_k, top_p, gen)
+    t1 = time.perf_counter()
+    new = [nxt]
+    while len(new) < max_new_tokens and nxt != eos:
+        out = model(input_ids=torch.tensor([[nxt]]), **kw)
+        nxt = _pick(out.logits[0, -1], temperature, top_k, top_p, gen)
+        new.append(nxt)
+    t2 = time.perf_counter()
+    text = tokenizer.decode(new, skip_special_tokens=True)  # type: ignore[attr-defined]
+    return Generation(text, len(ids), len(new), t1 - t0, t2 - t1, new)
