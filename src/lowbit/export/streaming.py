@@ -70,11 +70,11 @@ def _materialize_outside(model: nn.Module, blocks: nn.ModuleList, index: TensorI
     for mname, mod in model.named_modules():
         if id(mod) in inside:
             continue
-        for pname, p in list(mod.named_parameters(recurse=False)):
+        for pname, _ in list(mod.named_parameters(recurse=False)):
             full = f"{mname}.{pname}" if mname else pname
             if full in index:
                 mod._parameters[pname] = nn.Parameter(index.read(full).float(), requires_grad=False)
-        for bname, b in list(mod.named_buffers(recurse=False)):
+        for _, b in list(mod.named_buffers(recurse=False)):
             if b is not None and b.is_meta and "Rotary" in type(mod).__name__:
                 fresh = type(mod)(config=model.config)
                 for k, v in fresh.named_buffers(recurse=False):
