@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="what a model directory or checkpoint holds")
     i.add_argument("src")
     i.set_defaults(fn=_inspect)
+    from lowbit.latent.disentangle_cli import add_parser as _add_disentangle
+    _add_disentangle(sub)
     return p
 
 

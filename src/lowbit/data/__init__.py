@@ -1,5 +1,7 @@
 """Data: text for calibration and evaluation (and generated datasets)."""
 
+from lowbit.data.shapes import shapes
+from lowbit.data.sprites import sprites
 from lowbit.data.text import calibration_windows, read_text, tokenize_text
 
-__all__ = ["calibration_windows", "read_text", "tokenize_text"]
+__all__ = ["calibration_windows", "read_text", "tokenize_text", "sprites", "shapes"]
