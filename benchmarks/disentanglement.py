@@ -67,6 +67,30 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_nmi(rows: list[dict], path: Path, data: str) -> None:
+    """Heatmaps of NMI (factors x latents) of the first seed of each model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = {}
+    for r in rows:
+        first.setdefault(r["model"], r)
+    fig, axes = plt.subplots(1, len(first), figsize=(3.2 * len(first), 2.6), squeeze=False)
+    for ax, (m, r) in zip(axes[0], first.items(), strict=True):
+        im = ax.imshow(np.array(r["nmi"]), vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"{m} (seed {r['seed']})\nInfoM {r['infom']:.2f} InfoC {r['infoc']:.2f}", fontsize=8)
+        ax.set_xlabel("latent", fontsize=8)
+        ax.set_ylabel("factor", fontsize=8)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="NMI")
+    fig.suptitle(f"NMI(factor; latent) on {data}", fontsize=9)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
@@ -88,7 +112,12 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--tag", default="", help="suffix of the output files")
+    p.add_argument("--plot-only", help="only redraw the NMI heatmaps from this results JSON")
     a = p.parse_args()
+    if a.plot_only:
+        res = json.loads(Path(a.plot_only).read_text())
+        plot_nmi(res["rows"], Path(a.plot_only).with_suffix(".nmi.png"), res["args"]["data"])
+        return
     models = [m for m in (a.models + "," + a.ablations).split(",") if m]
     seeds = [int(s) for s in a.seeds.split(",")]
     out = Path(a.out)
@@ -108,6 +137,7 @@ def main() -> None:
     tag = f"_{a.tag}" if a.tag else ""
     _atomic_write(out / f"disentanglement{tag}.json", json.dumps({"args": args, "rows": rows, "summary": summary},
                                                                  indent=1))
+    plot_nmi(rows, out / f"disentanglement{tag}.nmi.png", a.data)
     text = table(summary)
     print("\n" + text)
     ref = [m for m in ("ae", "vae") if m in summary]
