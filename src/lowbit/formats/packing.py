@@ -27,14 +27,19 @@ def pack(codes: torch.Tensor, bits: int, word: str = "uint8") -> torch.Tensor:
         raise ValueError(f"codes exceed {bits} bits (max {int(codes.max())})")
     *lead, n = codes.shape
     pad = (-n) % 8
-    c = torch.nn.functional.pad(codes.to(torch.int64), (0, pad)).reshape(*lead, -1, 8)
-    if bits == 8:
-        out = c.to(torch.uint8).reshape(*lead, -1)
+    if bits in (1, 2, 4, 8):  # whole codes per byte: byte-wide arithmetic, no int64 temporaries
+        per = 8 // bits
+        c = torch.nn.functional.pad(codes.to(torch.uint8), (0, pad)).reshape(*lead, -1, per)
+        out = c[..., 0].clone()
+        for j in range(1, per):
+            out |= c[..., j] << (j * bits)
     else:
+        c = torch.nn.functional.pad(codes.to(torch.int64), (0, pad)).reshape(*lead, -1, 8)
         shifts = torch.arange(8, dtype=torch.int64) * bits
         stream = (c << shifts).sum(-1, keepdim=True)  # < 2^56, fits int64
         byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
-        out = ((stream >> byte_shifts) & 0xFF).to(torch.uint8).reshape(*lead, -1)
+        out = ((stream >> byte_shifts) & 0xFF).to(torch.uint8)
+    out = out.reshape(*lead, -1)
     if word == "int32":
         out = torch.nn.functional.pad(out, (0, (-out.shape[-1]) % 4)).contiguous().view(torch.int32)
     return out
@@ -52,6 +57,11 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     p = p[..., :need]
     if bits == 8:
         return p[..., :n].clone()
+    if bits in (1, 2, 4):
+        per = 8 // bits
+        shifts = torch.arange(per, dtype=torch.uint8) * bits
+        codes = (p.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+        return codes.reshape(*lead, -1)[..., :n].contiguous()
     b = p.to(torch.int64).reshape(*lead, -1, bits)
     stream = (b << (torch.arange(bits, dtype=torch.int64) * 8)).sum(-1, keepdim=True)
     codes = (stream >> (torch.arange(8, dtype=torch.int64) * bits)) & ((1 << bits) - 1)
