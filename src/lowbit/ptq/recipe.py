@@ -1,0 +1,123 @@
+"""Recipes: compose rotation, outlier handling and a quantizer ("rotate+gptq", "awq+gptq", "cfp+cbq", ...).
+
+A recipe is written as steps joined by '+', in order: an optional `rotate` (QuaRot), then optionally
+`smoothquant` or `awq` (before rtn/gptq) or `cfp` (before cbq), then exactly one quantizer (rtn, gptq or
+cbq). `awq` and `smoothquant` alone mean "+rtn". Activation bits apply to the whole model. A small YAML
+file can give the same, with per-step options:
+
+    method: rotate+gptq
+    bits: 4
+    group_size: 128
+    act_bits: 4
+    options: {gptq: {damp: 0.01}, rotate: {seed: 0}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.models import Family, block_linears
+from lowbit.ptq.config import AWQConfig, CBQConfig, GPTQConfig, RecipeConfig, RTNConfig, SmoothQuantConfig
+from lowbit.quantizers import WeightSpec
+from lowbit.quantizers.activation import check_act_bits, quantize_activations
+
+QUANTIZERS = {"rtn": RTNConfig, "gptq": GPTQConfig, "cbq": CBQConfig}
+SCALERS = {"smoothquant": SmoothQuantConfig, "awq": AWQConfig}
+STEPS = ("rotate", *SCALERS, "cfp", *QUANTIZERS)
+ALIASES = {"awq": "awq+rtn", "smoothquant": "smoothquant+rtn"}
+EXAMPLES = "rtn, gptq, awq, smoothquant, cbq, rotate+gptq, awq+gptq, smoothquant+rtn, cfp+cbq, rotate+cbq"
+RECIPE_KEYS = ("method", "bits", "group_size", "act_bits", "symmetric", "range", "options")
+
+
+def parse(method: str) -> list[str]:
+    """The steps of a recipe string, checked for order and compatibility (clear errors otherwise)."""
+    method = ALIASES.get(method.strip().lower(), method.strip().lower())
+    steps = [s.strip() for s in method.split("+")]
+    bad = [s for s in steps if s not in STEPS]
+    if bad or not steps:
+        raise LowbitError(f"unknown method step {bad[0] if bad else method!r}; steps are {', '.join(STEPS)} "
+                          f"(e.g. {EXAMPLES})")
+    if len(set(steps)) != len(steps):
+        raise LowbitError(f"{method}: a step appears twice")
+    quant = [s for s in steps if s in QUANTIZERS]
+    if len(quant) != 1 or steps[-1] not in QUANTIZERS:
+        raise LowbitError(f"{method}: a recipe ends with exactly one quantizer (rtn, gptq or cbq), e.g. {EXAMPLES}")
+    if "rotate" in steps and steps[0] != "rotate":
+        raise LowbitError(f"{method}: rotate must come first (it changes the model the other steps calibrate)")
+    scalers = [s for s in steps if s in SCALERS]
+    if len(scalers) > 1:
+        raise LowbitError(f"{method}: smoothquant and awq both rescale the same channels; pick one")
+    if scalers and quant[0] == "cbq":
+        raise LowbitError(f"{method}: CBQ handles outliers with its own pre-processing; use cfp+cbq")
+    if scalers and steps[steps.index(scalers[0]) + 1] not in ("rtn", "gptq"):
+        raise LowbitError(f"{method}: {scalers[0]} goes directly before rtn or gptq")
+    if "cfp" in steps and steps[steps.index("cfp") + 1] != "cbq":
+        raise LowbitError(f"{method}: cfp is CBQ's pre-processing and goes directly before cbq")
+    return steps
+
+
+def _options(step: str, cls: type, opts: dict) -> dict:
+    given = dict(opts.get(step) or {})
+    names = {f.name for f in fields(cls)} - {"weight", "inner"}
+    bad = sorted(set(given) - names)
+    if bad:
+        raise LowbitError(f"unknown {step} option(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
+    if "beta" in given:
+        given["beta"] = tuple(given["beta"])
+    return given
+
+
+def build(method: str, weight: WeightSpec, act_bits: int = 16, options: dict | None = None) -> object:
+    """The config for a recipe: a plain RTN/GPTQ config when nothing else is asked, else a RecipeConfig."""
+    steps = parse(method)
+    check_act_bits(act_bits)
+    opts = options or {}
+    unknown = sorted(set(opts) - set(STEPS))
+    if unknown:
+        raise LowbitError(f"options given for {', '.join(unknown)}, which is not a step; steps: {', '.join(STEPS)}")
+    qname = steps[-1]
+    extra = _options(qname, QUANTIZERS[qname], opts)
+    if qname == "cbq":
+        extra.update(act_bits=act_bits, cfp="cfp" in steps)
+    config: object = QUANTIZERS[qname](weight=weight, **extra)
+    for s in steps:
+        if s in SCALERS:
+            config = SCALERS[s](inner=config, **_options(s, SCALERS[s], opts))
+    rotate = "rotate" in steps
+    if not rotate and act_bits == 16 and len(steps) == 1 and qname != "cbq":
+        return config
+    return RecipeConfig(config, rotate=rotate, act_bits=act_bits, name="+".join(steps),
+                        rotate_seed=int((opts.get("rotate") or {}).get("seed", 0)))
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read a YAML recipe file into keyword arguments (method, bits, group_size, act_bits, ...)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise LowbitError(f"recipe file {p} not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise LowbitError(f"{p} is not valid YAML: {e}") from e
+    if not isinstance(data, dict) or "method" not in data:
+        raise LowbitError(f"{p}: a recipe is a mapping with at least `method:` (e.g. method: rotate+gptq)")
+    bad = sorted(set(data) - set(RECIPE_KEYS))
+    if bad:
+        raise LowbitError(f"{p}: unknown key(s) {', '.join(bad)}; known: {', '.join(RECIPE_KEYS)}")
+    return data
+
+
+def prepare(model: nn.Module, family: Family, config: RecipeConfig, prefix: str) -> None:
+    """Model-level steps before calibration: rotation (fp function kept) and activation quantizers on every linear."""
+    from lowbit.ptq.rotation import rotate_model
+
+    if config.rotate:
+        rotate_model(model, family, config.rotate_seed, prefix)
+    names = [f"{prefix}.{i}.{n}" for i, b in enumerate(family.blocks(model)) for n in block_linears(b)]
+    quantize_activations(model, names, config.act_bits)

@@ -1,0 +1,94 @@
+"""Hadamard rotation of a decoder's residual stream (QuaRot: Ashkboos et al., "QuaRot: Outlier-Free 4-Bit
+Inference in Rotated LLMs", NeurIPS 2024).
+
+The full-precision function is unchanged: RMSNorm scales are fused into the linear layers that read them,
+the residual stream is rotated by a random orthogonal Hadamard matrix Q (embeddings E Q, readers W Q,
+writers Q^T W, LM head W Q; RMSNorm commutes with Q once its scale is 1), each value head is rotated by a
+Hadamard matrix (folded into v_proj's rows and o_proj's columns), and the input of every down projection
+is rotated online by a fast Walsh-Hadamard transform whose inverse is folded into the down projection's
+weight. Outlier channels are spread over all channels, so 4-bit activations and weights lose far less.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.models import Family
+from lowbit.quantizers.activation import set_transform
+from lowbit.quantizers.hadamard import factor, fwht, hadamard_matrix, random_hadamard
+
+READERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+WRITERS = ("self_attn.o_proj", "mlp.down_proj")
+NORMS = {"input_layernorm": READERS[:3], "post_attention_layernorm": READERS[3:]}
+
+
+def _check(model: nn.Module, family: Family) -> None:
+    if family.kind != "causal":
+        raise LowbitError(f"rotation needs a pre-norm decoder; {family.name} is an encoder with post-LayerNorm, "
+                          "which does not commute with a rotation (use --method gptq or cbq)")
+    for block in family.blocks(model):
+        mods = dict(block.named_modules())
+        missing = [n for n in (*READERS, *WRITERS, *NORMS) if n not in mods]
+        if missing or "pre_feedforward_layernorm" in mods:
+            raise LowbitError(f"rotation supports Llama-style blocks (q/k/v/o, gate/up/down, two RMSNorms); "
+                              f"{family.name} blocks differ ({', '.join(missing) or 'extra norms'})")
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is emb.weight:
+        raise LowbitError("rotation of models with tied input and output embeddings is not supported yet")
+    cfg = model.config
+    factor(cfg.hidden_size)
+    factor(cfg.intermediate_size)  # clear errors for sizes without a known Hadamard matrix
+
+
+def _norm_scale(norm: nn.Module) -> torch.Tensor:
+    w = norm.weight.detach().double()
+    return w + 1 if "Gemma" in type(norm).__name__ else w
+
+
+def _reset_norm(norm: nn.Module) -> None:
+    with torch.no_grad():
+        norm.weight.fill_(0.0 if "Gemma" in type(norm).__name__ else 1.0)
+
+
+def _set(p: torch.Tensor, v: torch.Tensor) -> None:
+    with torch.no_grad():
+        p.copy_(v.to(p.dtype))
+
+
+def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = "model.layers") -> None:
+    """Rotate the model in place (full-precision function preserved) and install the online Hadamard transforms."""
+    _check(model, family)
+    cfg = model.config
+    d = cfg.hidden_size
+    head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+    Q = random_hadamard(d, seed).double()
+    Hh = hadamard_matrix(head_dim).double()
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    final_norm = model.model.norm
+    _set(head.weight, head.weight.double() * _norm_scale(final_norm)[None, :] @ Q)
+    _reset_norm(final_norm)
+    _set(emb.weight, emb.weight.double() @ Q)
+    for i, block in enumerate(family.blocks(model)):
+        mods = dict(block.named_modules())
+        for norm_name, readers in NORMS.items():
+            scale = _norm_scale(mods[norm_name])
+            for r in readers:
+                _set(mods[r].weight, mods[r].weight.double() * scale[None, :] @ Q)
+            _reset_norm(mods[norm_name])
+        for w in WRITERS:
+            lin = mods[w]
+            W = lin.weight.double()
+            if w == "mlp.down_proj":
+                W = fwht(W)  # W M: the online transform x -> x M restores x W^T
+            _set(lin.weight, Q.T @ W)
+            if lin.bias is not None:
+                _set(lin.bias, lin.bias.double() @ Q)
+        v, o = mods["self_attn.v_proj"], mods["self_attn.o_proj"]
+        nv, no = v.out_features // head_dim, o.in_features // head_dim
+        _set(v.weight, (Hh.T @ v.weight.double().reshape(nv, head_dim, -1)).reshape(v.weight.shape))
+        if v.bias is not None:
+            _set(v.bias, (v.bias.double().reshape(nv, head_dim) @ Hh).reshape(-1))
+        _set(o.weight, (o.weight.double().reshape(-1, no, head_dim) @ Hh).reshape(o.weight.shape))
+        set_transform(model, f"{prefix}.{i}.mlp.down_proj", hadamard=True)
