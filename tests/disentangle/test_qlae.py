@@ -94,3 +94,15 @@ def test_cli_disentangle(capsys, tmp_path):
     assert (tmp_path / "o" / "sprites-qlae-seed1-traversal.png").exists()
     assert main(["disentangle", "--model", "nope", "--max-steps", "1"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_colour_images_train():
+    from lowbit.data import shapes
+
+    images, factors = shapes(8, seed=0, cache=False)
+    cfg = QLAEConfig(model="qlae", n_factors=factors.shape[1], channels=3, width=2, batch_size=4, seconds=0,
+                     max_steps=1)
+    net, _ = train(cfg, images, progress=False)
+    lat, bce, discrete = encode(net, images)
+    assert lat.shape == (8, 12) and discrete and bce > 0
+    assert traverse(net, images[0], lat, steps=2).shape == (12, 2, 64, 64, 3)
