@@ -16,9 +16,14 @@ from lowbit.export.checkpoint import load_with_tokenizer, read_quant_config, rep
 from lowbit.models import load_model, resolve_source
 from lowbit.models.load import ASSETS
 from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
+from lowbit.ptq.config import RecipeConfig
+from lowbit.ptq.recipe import EXAMPLES, STEPS
+from lowbit.ptq.recipe import build as build_recipe
+from lowbit.ptq.recipe import prepare as prepare_recipe
 from lowbit.quantizers import WeightSpec
+from lowbit.quantizers import activation as act
 
-METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}
+METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}  # plain methods; recipes of STEPS (rotate+gptq, cbq, ...) too
 
 
 def peak_rss_mb() -> float:
@@ -33,12 +38,19 @@ def peak_rss_mb() -> float:
 
 
 def make_config(
-    method: str, bits: int, group_size: int, symmetric: bool = True, range: str = "minmax", **kw: object
-) -> RTNConfig | GPTQConfig:
-    """A method's config from CLI-style arguments, with clear errors."""
-    if method not in METHODS:
-        raise LowbitError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[method](weight=WeightSpec(bits, group_size, symmetric, range), **kw)  # type: ignore[arg-type]
+    method: str, bits: int, group_size: int, symmetric: bool = True, range: str = "minmax", act_bits: int = 16,
+    options: dict | None = None, **kw: object
+) -> RTNConfig | GPTQConfig | RecipeConfig:
+    """A method's (or recipe's, e.g. rotate+gptq) config from CLI-style arguments, with clear errors."""
+    if method not in METHODS and not set(method.split("+")) & set(STEPS):
+        raise LowbitError(f"unknown method {method!r}; choose one of: {EXAMPLES}")
+    spec = WeightSpec(bits, group_size, symmetric, range)
+    if method in METHODS and act_bits == 16 and not options:
+        return METHODS[method](weight=spec, **kw)  # type: ignore[arg-type]
+    opts = dict(options or {})
+    if kw and "gptq" in method.split("+"):
+        opts["gptq"] = {**kw, **opts.get("gptq", {})}
+    return build_recipe(method, spec, act_bits, opts)  # type: ignore[return-value]
 
 
 def quantize_dir(
@@ -59,18 +71,40 @@ def quantize_dir(
     if config.needs_calibration:
         tokens = calibration_windows(loaded.tokenizer, text, calib_config.n_samples, calib_config.seq_len,
                                      calib_config.seed)
-    # Each block is packed as soon as it is quantized, so its float weights and unpacked codes are freed early.
-    result = quantize(loaded.model, loaded.family, config, tokens, calib_config.batch_size, progress,
-                      on_block=lambda done: replace_linears(loaded.model, done))
+    inner = config
+    if isinstance(config, RecipeConfig):  # rotation and activation quantizers first, on the whole model
+        prepare_recipe(loaded.model, loaded.family, config, _prefix(loaded.model, loaded.family))
+        inner = config.quantizer
+
+    def on_block(done: dict) -> None:
+        # Each block is packed as soon as it is quantized, so its float weights and unpacked codes are freed early;
+        # the input transforms (activation quantizers, online Hadamard) move to the packed modules.
+        replace_linears(loaded.model, done)
+        act.install(loaded.model, list(done))
+
+    result = quantize(loaded.model, loaded.family, inner, tokens, calib_config.batch_size, progress,
+                      on_block=on_block)
     meta = {"method": config.method, "source": str(src_path), "quantize_seconds": round(result.seconds, 3)}
+    transforms = act.export(loaded.model)
+    if transforms:
+        meta["input_transforms"] = transforms
+    meta["act_bits"] = getattr(config, "act_bits", 16)
+    if result.report is not None:
+        meta["report"] = result.report
     if tokens is not None:
         meta["calibration"] = {"samples": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]),
                                "activation_bytes": result.calib_bytes}
     qcfg = save_quantized(loaded.model, None, src_path, out, meta)
-    return {"out": str(out), "method": config.method, "bits": config.weight.bits,
+    return {"out": str(out), "method": config.method, "bits": config.weight.bits, "act_bits": meta["act_bits"],
             "group_size": config.weight.group_size, "bits_per_weight": qcfg["bits_per_weight"],
             "quantize_seconds": result.seconds, "total_seconds": time.perf_counter() - t0,
             "peak_rss_mb": peak_rss_mb(), "calib_activation_mb": result.calib_bytes / 2**20}
+
+
+def _prefix(model: torch.nn.Module, family: object) -> str:
+    """Module name of the model's list of blocks (e.g. model.layers)."""
+    blocks = family.blocks(model)  # type: ignore[attr-defined]
+    return next(n for n, m in model.named_modules() if m is blocks)
 
 
 def _default_text(split: str) -> str:
@@ -103,6 +137,7 @@ def evaluate(
                  "bits_per_weight": qcfg["bits_per_weight"] if qcfg else _float_bits(path)}
     if qcfg:
         res["method"], res["bits"], res["group_size"] = qcfg.get("method"), qcfg["bits"], qcfg["group_size"]
+        res["act_bits"] = qcfg.get("act_bits", 16)
     if loaded.family.kind == "causal":
         ids = tokenize_text(loaded.tokenizer, body)
         bos = getattr(loaded.tokenizer, "bos_token_id", None)

@@ -16,14 +16,21 @@ def _quantize(a: argparse.Namespace) -> None:
     from lowbit import api
     from lowbit.ptq import CalibConfig
 
-    extra = {"damp": a.damp, "act_order": not a.no_act_order} if a.method == "gptq" else {}
-    if a.method == "gptq":
+    from lowbit.ptq.recipe import load_recipe
+
+    rec = load_recipe(a.recipe) if a.recipe else {}  # a recipe file's values win over the flags
+    method = str(rec.get("method", a.method))
+    extra = {"damp": a.damp, "act_order": not a.no_act_order} if "gptq" in method.split("+") else {}
+    if extra:
         extra["true_sequential"] = a.true_sequential
-    config = api.make_config(a.method, a.bits, a.group_size, not a.asym, range=a.range, **extra)
+    config = api.make_config(method, int(rec.get("bits", a.bits)), int(rec.get("group_size", a.group_size)),
+                             bool(rec.get("symmetric", not a.asym)), range=str(rec.get("range", a.range)),
+                             act_bits=int(rec.get("act_bits", a.act_bits)), options=rec.get("options"), **extra)
     calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size)
     res = api.quantize_dir(a.src, a.out, config, a.calib, calib)
     print(api.describe(res) if a.json else
-          f"wrote {res['out']}: {config.weight.describe()} via {a.method}, {res['bits_per_weight']:.3f} bits/weight, "
+          f"wrote {res['out']}: {config.weight.describe()} A{res['act_bits']} via {method}, "
+          f"{res['bits_per_weight']:.3f} bits/weight, "
           f"{res['quantize_seconds']:.1f} s quantizing, peak RSS {res['peak_rss_mb']:.0f} MiB")
 
 
@@ -42,6 +49,13 @@ def _inspect(a: argparse.Namespace) -> None:
     from lowbit import api
 
     print(json.dumps(api.inspect_dir(a.src), indent=2, default=str))
+
+
+def _report(a: argparse.Namespace) -> None:
+    from lowbit.eval.report import write_report
+
+    for path in write_report(a.table, a.out, a.model):
+        print(f"wrote {path}")
 
 
 def _demo(a: argparse.Namespace) -> None:
@@ -91,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="quantize a Hugging Face model directory (or 'demo', 'minilm')")
     q.add_argument("src")
-    q.add_argument("--method", default="gptq", help="rtn or gptq (default gptq)")
+    q.add_argument("--method", default="gptq", help="rtn, gptq (default), awq, smoothquant, cbq, or a recipe: "
+                   "rotate+gptq, awq+gptq, smoothquant+rtn, cfp+cbq, rotate+cbq, ...")
+    q.add_argument("--act-bits", type=int, default=16, help="activation bits: 16 (off, default), 8 or 4 (per token)")
+    q.add_argument("--recipe", help="YAML recipe file (method, bits, group_size, act_bits, options per step)")
     q.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
     q.add_argument("--group-size", type=int, default=128, help="group size along the input dim; 0 per channel")
     q.add_argument("--asym", action="store_true", help="asymmetric ranges (a zero point per group)")
@@ -129,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output directory (compressed-tensors) or .gguf file")
     x.add_argument("--json", action="store_true", help="print one JSON line")
     x.set_defaults(fn=_export)
+
+    r = sub.add_parser("report", help="plots from a low-bit table (benchmarks/low_bit_table.py JSON)")
+    r.add_argument("table", help="JSON file written by benchmarks/low_bit_table.py (or its last output line)")
+    r.add_argument("--out", required=True, help="directory for the PNG files")
+    r.add_argument("--model", help="which model's rows to plot (default: every model, one chart each)")
+    r.set_defaults(fn=_report)
 
     i = sub.add_parser("inspect", help="what a model directory or checkpoint holds")
     i.add_argument("src")

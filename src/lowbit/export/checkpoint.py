@@ -164,5 +164,9 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
                           "shapes differ); the checkpoint is damaged or was written by another tool")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+    if qcfg.get("input_transforms"):  # activation quantizers and online Hadamard transforms (lowbit.ptq.recipe)
+        from lowbit.quantizers.activation import restore
+
+        restore(model, qcfg["input_transforms"])
     model.eval()
     return Loaded(model, load_tokenizer(p), fam, p, config)

@@ -37,3 +37,88 @@ class CalibConfig:
     seq_len: int = 256
     batch_size: int = 16
     seed: int = 0
+
+
+class _Wrapping:
+    """A method that prepares a block and hands it to an inner quantizer (RTN or GPTQ)."""
+
+    inner: RTNConfig | GPTQConfig
+
+    @property
+    def weight(self) -> WeightSpec:
+        """The weight format (the inner quantizer's)."""
+        return self.inner.weight
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig(_Wrapping):
+    """SmoothQuant (Xiao et al., ICML 2023): move activation outliers into the weights, then quantize with `inner`."""
+
+    inner: RTNConfig | GPTQConfig = field(default_factory=RTNConfig)
+    alpha: float = 0.5  # migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
+    method = "smoothquant"
+    needs_calibration = True
+
+
+@dataclass(frozen=True)
+class AWQConfig(_Wrapping):
+    """AWQ (Lin et al., MLSys 2024): activation-aware scale search and weight clipping, then `inner` quantizes."""
+
+    inner: RTNConfig | GPTQConfig = field(default_factory=RTNConfig)
+    n_grid: int = 20  # alpha in 0, 1/n, ..., (n-1)/n for s = mean|x|^alpha
+    clip: bool = True  # search a clipping ratio per output row and group
+    clip_grid: int = 10
+    max_shrink: float = 0.5
+    sample_tokens: int = 512  # calibration tokens per layer used by the searches
+    method = "awq"
+    needs_calibration = True
+
+
+@dataclass(frozen=True)
+class CBQConfig:
+    """CBQ (Ding et al., ICLR 2025): cross-block reconstruction with LoRA-Rounding and learnable step sizes."""
+
+    weight: WeightSpec = field(default_factory=WeightSpec)
+    act_bits: int = 16  # activations quantized (per token, learnable clipping) during reconstruction
+    window: int = 2  # blocks optimised jointly
+    overlap: int = 1  # blocks shared by consecutive windows
+    steps: int = 80  # optimiser steps per window
+    batch_size: int = 2  # calibration windows per step
+    rank: int = 5  # rank r of LoRA-Rounding's V = A1 A2
+    lr: float = 1e-2  # Adam, rounding factors A1, A2
+    scale_lr: float = 5e-3  # Adam, log step sizes (weights and activations)
+    kl_weight: float = 1.0  # loss = L2 + kl_weight * KL + round_weight * rounding regulariser
+    round_weight: float = 1e-2
+    beta: tuple[float, float] = (20.0, 2.0)  # annealed exponent of the rounding regulariser
+    warmup: float = 0.2  # fraction of steps before the regulariser starts
+    cfp: bool = False  # coarse-to-fine outlier pre-processing before the reconstruction
+    cfp_lambda: float = 1.0
+    seed: int = 0
+    method = "cbq"
+    needs_calibration = True
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """A composition: optional Hadamard rotation and activation quantization around one quantizer config."""
+
+    quantizer: object  # RTNConfig | GPTQConfig | SmoothQuantConfig | AWQConfig | CBQConfig
+    rotate: bool = False
+    act_bits: int = 16
+    name: str = ""
+    rotate_seed: int = 0
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the quantizer needs calibration data."""
+        return bool(self.quantizer.needs_calibration)  # type: ignore[attr-defined]
+
+    @property
+    def weight(self) -> WeightSpec:
+        """The weight format."""
+        return self.quantizer.weight  # type: ignore[attr-defined]
+
+    @property
+    def method(self) -> str:
+        """The recipe as written, e.g. rotate+gptq."""
+        return self.name or self.quantizer.method  # type: ignore[attr-defined]

@@ -15,8 +15,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lowbit.models import Family, block_linears, capture_block_inputs
-from lowbit.ptq.config import GPTQConfig, RTNConfig
+from lowbit.ptq.awq import awq_block
+from lowbit.ptq.cbq import cbq_quantize
+from lowbit.ptq.config import AWQConfig, CBQConfig, GPTQConfig, RTNConfig, SmoothQuantConfig
 from lowbit.ptq.gptq import HessianAccumulator, gptq_quantize
+from lowbit.ptq.smoothquant import smoothquant_block
 from lowbit.quantizers import QuantizedWeight, quantize_weight
 
 
@@ -27,6 +30,7 @@ class QuantResult:
     weights: dict[str, QuantizedWeight]
     seconds: float
     calib_bytes: int
+    report: dict | None = None  # method-specific details (CBQ: losses and time per window)
 
 
 def _rtn_block(block: nn.Module, config: RTNConfig, inputs: object) -> dict[str, QuantizedWeight]:
@@ -85,7 +89,9 @@ def _gptq_block(block: nn.Module, config: GPTQConfig, inputs: object) -> dict[st
     return out
 
 
-HANDLERS: dict[type, Callable] = {RTNConfig: _rtn_block, GPTQConfig: _gptq_block}
+HANDLERS: dict[type, Callable] = {RTNConfig: _rtn_block, GPTQConfig: _gptq_block,
+                                  SmoothQuantConfig: smoothquant_block, AWQConfig: awq_block}
+RUNNERS: dict[type, Callable] = {CBQConfig: cbq_quantize}  # methods that calibrate several blocks at once
 
 
 def quantize(
@@ -98,13 +104,19 @@ def quantize(
     With `on_block`, each finished block's weights are handed to it (and not kept in the result).
     """
     handler = HANDLERS.get(type(config))
-    if handler is None:
+    if handler is None and type(config) not in RUNNERS:
         raise TypeError(f"no handler for {type(config).__name__}")
     t0 = time.perf_counter()
     blocks = family.blocks(model)
     for block in blocks:  # validate every layer before any work (group size must divide, weights finite)
         for lin in block_linears(block).values():
             config.weight.groups(lin.in_features)
+    if type(config) in RUNNERS:
+        if calib_tokens is None or calib_tokens.numel() == 0:
+            raise ValueError(f"{config.method} needs calibration tokens")
+        weights, nbytes, report = RUNNERS[type(config)](model, family, config, calib_tokens, progress, on_block,
+                                                        _blocks_prefix(model, blocks))
+        return QuantResult(weights, time.perf_counter() - t0, nbytes, report)
     inputs = None
     calib_bytes = 0
     if config.needs_calibration:
