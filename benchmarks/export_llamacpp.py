@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 TYPES = ("Q4_0", "Q8_0", "Q4_K")
+FP_TYPES = ("Q4_0", "Q4_K")  # also exported straight from the full-precision demo (RTN / our Q4_K fit)
 
 
 def worker(job_file: str, out_file: str) -> None:
@@ -101,6 +102,15 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
             "median_margin": float(np.median(margin))}
 
 
+def perplexity(logits: np.ndarray, windows: np.ndarray) -> float:
+    """Perplexity of next-token predictions inside the windows (position t predicts token t + 1)."""
+    z = logits[:, :-1].astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, windows[:, 1:, None], axis=-1)
+    return float(np.exp(nll.mean()))
+
+
 def greedy_agreement(a: np.ndarray, b: np.ndarray) -> dict:
     """Share of continuation tokens equal position by position, and mean length of the common prefix."""
     same = a == b
@@ -150,6 +160,11 @@ def main() -> None:
         t0 = time.perf_counter()
         summaries[t] = export_model(str(ckpt), str(files[t]), "gguf", t)
         export_s[t] = time.perf_counter() - t0
+    for t in FP_TYPES:  # baseline exports: the full-precision model quantized on the fly
+        files[f"fp-{t}"] = work / f"demo-fp-{t}.gguf"
+        if files[f"fp-{t}"].exists():
+            files[f"fp-{t}"].unlink()
+        summaries[f"fp-{t}"] = export_model("demo", str(files[f"fp-{t}"]), "gguf", t)
 
     import sentencepiece as spm
 
@@ -163,7 +178,7 @@ def main() -> None:
     prompts = windows[: a.prompts, :32]
     paragraphs = [p for p in fp.path.joinpath("eval.txt").read_text().split("\n\n") if len(p) > 200][:200]
 
-    job = {"models": {t: str(files[t]) for t in TYPES}, "windows": windows.tolist(), "prompts": prompts.tolist(),
+    job = {"models": {k: str(f) for k, f in files.items()}, "windows": windows.tolist(), "prompts": prompts.tolist(),
            "new_tokens": a.new_tokens, "texts": paragraphs, "n_ctx": max(a.seq_len, 32 + a.new_tokens),
            "threads": a.threads}
     (work / "job.json").write_text(json.dumps(job))
@@ -184,7 +199,8 @@ def main() -> None:
     quant = lowbit.load(ckpt)
     ours = _lowbit_logits(quant, windows)
     ours_greedy = _greedy(quant, prompts, a.new_tokens)
-    base = compare(_lowbit_logits(fp.model, windows), ours)  # baseline: fp16 demo vs the GPTQ model, both lowbit
+    fp_logits = _lowbit_logits(fp.model, windows)
+    base = compare(fp_logits, ours)  # baseline: fp16 demo vs the GPTQ model, both lowbit
     base.update(greedy_agreement(_greedy(fp.model, prompts, a.new_tokens), ours_greedy))
 
     rows = {"lowbit fp (baseline)": base}
@@ -209,13 +225,24 @@ def main() -> None:
         print(f"{name}: {r['disagreements']} top-1 disagreements, at reference top-1/top-2 margins up to "
               f"{r['max_margin_at_disagreement']:.3f} (median margin over all positions {r['median_margin']:.3f}); "
               f"greedy common prefixes {r['greedy_prefixes']}")
+    ppl = {"lowbit fp16": perplexity(fp_logits, windows), "lowbit GPTQ W4 g32": perplexity(ours, windows)}
+    ppl.update({f"llama.cpp {t} (GPTQ codes)": perplexity(llama[f"{t}/logits"], windows) for t in TYPES})
+    ppl.update({f"llama.cpp {t} from fp16": perplexity(llama[f"fp-{t}/logits"], windows) for t in FP_TYPES})
+    fp_rows = {t: compare(llama[f"fp-{t}/logits"], fp_logits) for t in FP_TYPES}
+    print(f"\nperplexity over the {a.windows} windows (next-token, {a.windows * body} predictions):")
+    for name, v in ppl.items():
+        print(f"  {name:<32}{v:>9.3f}")
+    for t, r in fp_rows.items():
+        print(f"llama.cpp {t} exported from fp16 ({'RTN, gguf reference' if t == 'Q4_0' else 'our Q4_K fit'}) vs "
+              f"lowbit fp16: top-1 {r['top1_agreement']:.4f}, cosine {r['logits_cosine']:.5f}")
     q40 = rows["llama.cpp Q4_0"]
     print(f"\nQ4_0 disagreement / quantization's own disagreement (fp vs GPTQ): "
           f"{(1 - q40['top1_agreement']) / max(1 - base['top1_agreement'], 1e-9):.3f}")
     out = {"tokenizer_paragraphs": len(paragraphs), "tokenizer_exact_match": tok_match,
            "tokenizer_json_exact_match": hf_match, "windows": a.windows,
            "seq_len": a.seq_len, "positions": int(positions), "llama_seconds": llama_s,
-           "rows": rows, "llama_cpp_python": "0.3.36", "threads": a.threads}
+           "rows": rows, "perplexity": ppl, "fp_source_rows": fp_rows, "llama_cpp_python": "0.3.36",
+           "threads": a.threads}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     headline = {"positions": int(positions), "tokenizer_exact_match": round(tok_match, 4)}
@@ -226,6 +253,7 @@ def main() -> None:
                          f"{key}_logits_cosine": round(r["logits_cosine"], 5),
                          f"{key}_greedy_agreement": round(r["greedy_token_agreement"], 4),
                          f"{key}_carried_over": f"{r['carried_over']}/{r['linears']}"})
+    headline.update({f"ppl {k}": round(v, 3) for k, v in ppl.items()})
     headline.update({"baseline_fp_vs_gptq_top1": round(base["top1_agreement"], 4),
                      "baseline_fp_vs_gptq_cosine": round(base["logits_cosine"], 5)})
     print(json.dumps(headline))
