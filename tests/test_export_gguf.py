@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,4 +137,11 @@ def test_unsupported_sources_are_clear_errors(tiny_models, ckpts, tmp_path, caps
     assert main(["export", str(ckpts["w4g32"]), "--format", "gguf", "--type", "Q2_K",
                  "--out", str(tmp_path / "k.gguf")]) == 2
     assert "Q8_0, Q4_0, Q4_K" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+    w4a8 = tmp_path / "w4a8"  # a checkpoint that quantizes activations at run time has no W*A16 / GGUF form
+    shutil.copytree(ckpts["w4g32"], w4a8)
+    qcfg = json.loads((w4a8 / "lowbit_quant.json").read_text())
+    (w4a8 / "lowbit_quant.json").write_text(json.dumps({**qcfg, "act_bits": 8}))
+    for fmt in ("gguf", "compressed-tensors"):
+        assert main(["export", str(w4a8), "--format", fmt, "--out", str(tmp_path / "a8")]) == 2
+        assert "weight-only" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w4a8"]

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +33,6 @@ class ExportSource:
     family: Family
     model: nn.Module
     quantized: bool  # True for a lowbit checkpoint, False for a full-precision directory
-    notes: list[str] = field(default_factory=list)
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -80,7 +79,12 @@ def open_source(src: str | Path) -> ExportSource:
     from lowbit.models.load import resolve_source
 
     path = resolve_source(src)
-    quantized = read_quant_config(path) is not None
+    qcfg = read_quant_config(path)
+    if qcfg and (qcfg.get("input_transforms") or int(qcfg.get("act_bits", 16) or 16) < 16):
+        raise LowbitError(f"{path} quantizes activations or applies online transforms at run time (act_bits "
+                          f"{qcfg.get('act_bits', 16)}, input transforms {bool(qcfg.get('input_transforms'))}); "
+                          "compressed-tensors W*A16 and GGUF hold weight-only models: export a weight-only checkpoint")
+    quantized = qcfg is not None
     loaded = load_with_tokenizer(path, torch.float32)
     return ExportSource(path, loaded.config, loaded.family, loaded.model, quantized)
 
