@@ -55,9 +55,13 @@ def make_config(
 
 def quantize_dir(
     src: str | Path, out: str | Path, config: RTNConfig | GPTQConfig, calib: str | Path | None = None,
-    calib_config: CalibConfig | None = None, progress: bool = True,
+    calib_config: CalibConfig | None = None, progress: bool = True, stream: bool = False, resume: bool = False,
 ) -> dict:
-    """Load SRC, quantize it with `config` (sequential calibration for GPTQ) and write a checkpoint to OUT."""
+    """Load SRC, quantize it with `config` (sequential calibration for GPTQ) and write a checkpoint to OUT.
+
+    With `stream`, the model is never loaded whole: blocks are read, quantized and written one at a time
+    (see lowbit.export.streaming), and `resume` continues an interrupted streaming run.
+    """
     out = Path(out)
     calib_config = calib_config or CalibConfig()
     if out.exists():
@@ -66,6 +70,9 @@ def quantize_dir(
     src_path = resolve_source(src)
     if config.needs_calibration:  # read the text before the (slow) model load so bad input fails fast
         text = read_text(calib, "calibration") if calib is not None else _default_text("calib")
+    if stream or resume:
+        return _quantize_streaming(src_path, out, config, text if config.needs_calibration else None,
+                                   calib_config, progress, resume, t0)
     loaded = load_model(src_path)
     tokens = None
     if config.needs_calibration:
@@ -105,6 +112,25 @@ def _prefix(model: torch.nn.Module, family: object) -> str:
     """Module name of the model's list of blocks (e.g. model.layers)."""
     blocks = family.blocks(model)  # type: ignore[attr-defined]
     return next(n for n, m in model.named_modules() if m is blocks)
+
+
+def _quantize_streaming(src: Path, out: Path, config: object, text: str | None, calib_config: CalibConfig,
+                        progress: bool, resume: bool, t0: float) -> dict:
+    from lowbit.export.streaming import quantize_streaming
+    from lowbit.models.load import load_tokenizer
+
+    if type(config) not in (RTNConfig, GPTQConfig):
+        raise LowbitError(f"--stream supports the rtn and gptq methods, not {config.method}")  # type: ignore[attr-defined]
+    tokens = None
+    if text is not None:
+        tokens = calibration_windows(load_tokenizer(src), text, calib_config.n_samples, calib_config.seq_len,
+                                     calib_config.seed)
+    res = quantize_streaming(src, out, config, tokens, calib_config.batch_size, resume, progress,
+                             {"source": str(src)})
+    return {"out": str(out), "method": config.method, "bits": res["bits"],  # type: ignore[attr-defined]
+            "group_size": res["group_size"], "bits_per_weight": res["bits_per_weight"],
+            "quantize_seconds": res["quantize_seconds"], "total_seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb(), "streamed": True}
 
 
 def _default_text(split: str) -> str:
@@ -207,6 +233,30 @@ def inspect_dir(src: str | Path) -> dict:
             "tensors": n_tensors, "stored_elements": n_params, "dtypes": counts, "bytes": weight_bytes(path),
             "quantization": None if qcfg is None else {k: v for k, v in qcfg.items() if k != "modules"}
             | {"quantized_modules": len(qcfg["modules"])}}
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def generate_dir(
+    src: str | Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+    top_p: float = 1.0, seed: int = 0, dtype: str = "bf16",
+) -> dict:
+    """Load a model or checkpoint (causal LMs) and continue `prompt`; text plus prefill and decode tokens/s."""
+    from lowbit.models.generate import generate, warm_up
+
+    if dtype not in DTYPES:
+        raise LowbitError(f"unknown --dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    t0 = time.perf_counter()
+    loaded = load_with_tokenizer(src, DTYPES[dtype])
+    if loaded.family.kind != "causal":
+        raise LowbitError(f"{loaded.path} is a {loaded.family.kind} model ({loaded.family.name}); generate needs a "
+                          "causal language model")
+    warm_up(loaded.model)  # prepares the packed kernels: counted as loading, not as prefill
+    load_s = time.perf_counter() - t0
+    g = generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    return {"model": str(loaded.path), "dtype": dtype, "load_seconds": load_s, **g.as_dict(),
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def describe(res: dict) -> str:

@@ -15,7 +15,6 @@ from lowbit.errors import LowbitError
 def _quantize(a: argparse.Namespace) -> None:
     from lowbit import api
     from lowbit.ptq import CalibConfig
-
     from lowbit.ptq.recipe import load_recipe
 
     rec = load_recipe(a.recipe) if a.recipe else {}  # a recipe file's values win over the flags
@@ -27,7 +26,7 @@ def _quantize(a: argparse.Namespace) -> None:
                              bool(rec.get("symmetric", not a.asym)), range=str(rec.get("range", a.range)),
                              act_bits=int(rec.get("act_bits", a.act_bits)), options=rec.get("options"), **extra)
     calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size)
-    res = api.quantize_dir(a.src, a.out, config, a.calib, calib)
+    res = api.quantize_dir(a.src, a.out, config, a.calib, calib, stream=a.stream, resume=a.resume)
     print(api.describe(res) if a.json else
           f"wrote {res['out']}: {config.weight.describe()} A{res['act_bits']} via {method}, "
           f"{res['bits_per_weight']:.3f} bits/weight, "
@@ -43,6 +42,19 @@ def _eval(a: argparse.Namespace) -> None:
     else:
         for k, v in res.items():
             print(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v}")
+
+
+def _generate(a: argparse.Namespace) -> None:
+    from lowbit import api
+
+    res = api.generate_dir(a.src, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, a.dtype)
+    if a.json:
+        print(api.describe(res))
+    else:
+        print(a.prompt + res["text"])
+        print(f"\n[{res['prompt_tokens']} prompt tokens, {res['new_tokens']} new; prefill "
+              f"{res['prefill_tokens_per_s']:.1f} tok/s, decode {res['decode_tokens_per_s']:.1f} tok/s, {a.dtype}]",
+              file=sys.stderr)
 
 
 def _inspect(a: argparse.Namespace) -> None:
@@ -120,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=16, help="calibration windows per forward pass (memory)")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H)")
     q.add_argument("--no-act-order", action="store_true", help="GPTQ: keep the natural column order")
+    q.add_argument("--stream", action="store_true",
+                   help="never load the whole model: read, quantize and write one block at a time (large models)")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted --stream run")
     q.add_argument("--out", required=True, help="output directory (must not exist)")
     q.add_argument("--json", action="store_true", help="print one JSON line")
     q.set_defaults(fn=_quantize)
@@ -146,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output directory (compressed-tensors) or .gguf file")
     x.add_argument("--json", action="store_true", help="print one JSON line")
     x.set_defaults(fn=_export)
+
+    g = sub.add_parser("generate", help="continue a prompt with a model or quantized checkpoint (KV cache)")
+    g.add_argument("src")
+    g.add_argument("--prompt", required=True, help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--dtype", default="bf16", help="activation dtype: bf16 (fast int4 path, default) or fp32")
+    g.add_argument("--json", action="store_true", help="print one JSON line")
+    g.set_defaults(fn=_generate)
 
     r = sub.add_parser("report", help="plots from a low-bit table (benchmarks/low_bit_table.py JSON)")
     r.add_argument("table", help="JSON file written by benchmarks/low_bit_table.py (or its last output line)")

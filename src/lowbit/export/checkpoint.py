@@ -120,6 +120,16 @@ def read_quant_config(path: Path) -> dict | None:
     return cfg
 
 
+def _rebuild_computed_buffers(model: nn.Module) -> None:
+    """Recompute non-persistent buffers after `to_empty` (rotary embeddings are rebuilt from the config)."""
+    for mod in model.modules():
+        if not mod._non_persistent_buffers_set:
+            continue
+        fresh = type(mod)(config=model.config)
+        for k, v in fresh.named_buffers(recurse=False):
+            mod._buffers[k] = v
+
+
 def load(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Restore a runnable model from a lowbit checkpoint (or a plain full-precision directory)."""
     return load_with_tokenizer(path, dtype).model
@@ -146,22 +156,33 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
         return load_model(p, dtype)
     config = read_config(p)
     fam = family_of(config, p)
-    (weights_file,) = check_weight_files(p)
+    files = check_weight_files(p)  # one file, or shards written by a streaming run
     auto = AutoModelForCausalLM if fam.kind == "causal" else AutoModel
     hf_config = AutoConfig.from_pretrained(str(p), local_files_only=True)
-    model = auto.from_config(hf_config, dtype=dtype)
+    # Built on the meta device (no memory for the float weights that packed modules replace), then given
+    # storage; computed buffers (rotary frequencies) are rebuilt. Models with other computed buffers (BERT's
+    # position ids, Gemma's embedding scale) are built normally.
+    with torch.device("meta"):
+        model = auto.from_config(hf_config, dtype=dtype)
+    on_meta = all("Rotary" in type(m).__name__ for m in model.modules() if m._non_persistent_buffers_set)
+    if not on_meta:
+        model = auto.from_config(hf_config, dtype=dtype)
     spec = WeightSpec(qcfg["bits"], qcfg["group_size"], qcfg["symmetric"])
     for name in qcfg["modules"]:
         parent_name, _, child = name.rpartition(".")
         lin = model.get_submodule(name)
         setattr(model.get_submodule(parent_name), child,
                 PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None).to(dtype))
+    if on_meta:
+        model.to_empty(device="cpu")
+        _rebuild_computed_buffers(model)
     for m in model.modules():  # packed buffers keep their own dtypes
         if isinstance(m, PackedLinear):
             m.scales = m.scales.to(torch.float16)
-    if not load_into(model, [weights_file]):  # read tensor by tensor, like full-precision loading
-        raise LowbitError(f"{weights_file} does not match {p / 'config.json'} and {QUANT_FILE} (tensor names or "
-                          "shapes differ); the checkpoint is damaged or was written by another tool")
+    if not load_into(model, files):  # read tensor by tensor, like full-precision loading
+        names = ", ".join(f.name for f in files)
+        raise LowbitError(f"the weights ({names}) in {p} do not match config.json and {QUANT_FILE} (tensor names "
+                          "or shapes differ); the checkpoint is damaged or was written by another tool")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     if qcfg.get("input_transforms"):  # activation quantizers and online Hadamard transforms (lowbit.ptq.recipe)

@@ -98,10 +98,15 @@ def quantize(
     model: nn.Module, family: Family, config: RTNConfig | GPTQConfig, calib_tokens: torch.Tensor | None = None,
     batch_size: int = 16, progress: bool = True,
     on_block: Callable[[dict[str, QuantizedWeight]], None] | None = None,
+    before_block: Callable[[int, nn.Module], bool] | None = None,
+    after_block: Callable[[int, nn.Module], None] | None = None,
 ) -> QuantResult:
     """Quantize every linear layer inside the model's blocks in place (weights become their dequantized values).
 
-    With `on_block`, each finished block's weights are handed to it (and not kept in the result).
+    With `on_block`, each finished block's weights are handed to it (and not kept in the result). Streaming
+    uses `before_block(i, block)` to load a block's weights (returning True when the block was already
+    quantized, e.g. on resume: it is then only run to advance the calibration inputs) and
+    `after_block(i, block)` to write it out and free it.
     """
     handler = HANDLERS.get(type(config))
     if handler is None and type(config) not in RUNNERS:
@@ -129,6 +134,12 @@ def quantize(
     bar = tqdm(list(enumerate(blocks)), desc=f"{config.method} {config.weight.describe()}", unit="block",
                disable=not progress)
     for i, block in bar:
+        if before_block is not None and before_block(i, block):
+            if inputs is not None and i + 1 < len(blocks):
+                inputs.advance(block)
+            if after_block is not None:
+                after_block(i, block)
+            continue
         qw = handler(block, config, inputs)
         linears = block_linears(block)
         done = {}
@@ -142,6 +153,8 @@ def quantize(
             results.update(done)
         if inputs is not None and i + 1 < len(blocks):
             inputs.advance(block)
+        if after_block is not None:
+            after_block(i, block)
     return QuantResult(results, time.perf_counter() - t0, calib_bytes)
 
 
