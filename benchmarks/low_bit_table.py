@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,12 +40,14 @@ METHODS = ["rtn", "gptq", "awq", "smoothquant", "rotate+gptq", "cbq"]
 
 
 def quantize_subprocess(src: str, method: str, bits: int, group: int, act: int, out: Path, n_samples: int,
-                        extra: list[str]) -> dict:
-    """`lowbit quantize` in a fresh process; returns its JSON line (time and its own peak RSS)."""
-    cmd = [sys.executable, "-m", "lowbit.cli", "quantize", src, "--method", method, "--bits", str(bits),
-           "--group-size", str(group), "--act-bits", str(act), "--n-samples", str(n_samples), "--out", str(out),
-           "--json", *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+                        cbq_steps: int) -> dict:
+    """`lowbit quantize --recipe` in a fresh process (one thread); returns its JSON line (time, own peak RSS)."""
+    recipe = out.with_name(out.name + ".yaml")
+    recipe.write_text(f"method: {method}\nbits: {bits}\ngroup_size: {group}\nact_bits: {act}\n"
+                      f"options: {{cbq: {{steps: {cbq_steps}}}}}\n")
+    cmd = [sys.executable, "-m", "lowbit.cli", "quantize", src, "--recipe", str(recipe), "--n-samples",
+           str(n_samples), "--out", str(out), "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -57,9 +60,10 @@ def probe_ids(model_name: str, tokenizer: object, n: int = 4, length: int = 128)
     return ids[: n * length].reshape(n, length)
 
 
-def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings: list) -> dict:
+def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings: list, cbq_steps: int,
+              text: Path) -> dict:
     """Every (setting, method) cell of one model."""
-    fp = api.evaluate(name, reference=name if name == "minilm" else None, progress=False)
+    fp = api.evaluate(name, text, reference=name if name == "minilm" else None, progress=False)
     metric = "cosine" if name == "minilm" else "perplexity"
     fp_val = fp["cosine_to_reference"] if name == "minilm" else fp["perplexity"]
     ref = load_model(name)
@@ -72,7 +76,7 @@ def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings
             t0 = time.perf_counter()
             try:
                 if method.endswith("cbq"):
-                    q = quantize_subprocess(name, method, bits, group, act, out, n_samples, [])
+                    q = quantize_subprocess(name, method, bits, group, act, out, n_samples, cbq_steps)
                 else:
                     cfg = api.make_config(method, bits, group, act_bits=act)
                     q = api.quantize_dir(name, out, cfg, calib_config=CalibConfig(n_samples=n_samples),
@@ -82,7 +86,7 @@ def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings
                 rows.append(row)
                 print(f"{name} {label} {method}: not applicable ({e})", file=sys.stderr, flush=True)
                 continue
-            ev = api.evaluate(out, reference=name if name == "minilm" else None, progress=False)
+            ev = api.evaluate(out, text, reference=name if name == "minilm" else None, progress=False)
             loaded = load_with_tokenizer(out)
             row.update(value=ev["cosine_to_reference"] if name == "minilm" else ev["perplexity"],
                        bits_per_weight=ev["bits_per_weight"], quantize_seconds=round(q["quantize_seconds"], 2),
@@ -120,7 +124,7 @@ def headline(models: dict) -> dict:
         for s in dict.fromkeys(r["setting"] for r in m["rows"]):
             vals = {k[0]: v for k, v in cell.items() if k[1] == s}
             if vals:
-                best = vals[0] if False else None
+                best = None
                 for meth, v in vals.items():
                     if best is None or better(v, vals[best]):
                         best = meth
@@ -141,6 +145,9 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--settings", default="all", help="comma-separated labels such as 'W2A16 g64' or 'all'")
     ap.add_argument("--n-samples", type=int, default=64, help="calibration windows (256 tokens) per method")
+    ap.add_argument("--cbq-steps", type=int, default=40, help="CBQ optimiser steps per window (default here 40)")
+    ap.add_argument("--eval-chars", type=int, default=0, help="evaluate on the first N characters of the held-out "
+                    "split (0: all of it)")
     ap.add_argument("--out", default="docs/results/low_bit_table.json")
     ap.add_argument("--plots", default="docs/results", help="directory for lowbit report's PNG files")
     args = ap.parse_args()
@@ -149,10 +156,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-lowbit-table-"))
     t0 = time.perf_counter()
     try:
-        models = {n: run_model(n, tmp, args.n_samples, methods, settings) for n in args.models.split(",")}
+        text = tmp / "eval.txt"  # the demo's held-out split, or its first --eval-chars characters
+        body = read_text(ASSETS / "demo" / "eval.txt", "eval")
+        text.write_text(body[: args.eval_chars] if args.eval_chars else body)
+        models = {n: run_model(n, tmp, args.n_samples, methods, settings, args.cbq_steps, text)
+                  for n in args.models.split(",")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table = {"models": models, "n_samples": args.n_samples, "seq_len": 256, "seconds": round(time.perf_counter() - t0),
+    table = {"models": models, "n_samples": args.n_samples, "eval_chars": args.eval_chars, "seq_len": 256,
+             "cbq_steps": args.cbq_steps,
+             "seconds": round(time.perf_counter() - t0),
              "headline": headline(models)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,21 @@ def test_lora_rounding_starts_at_round_to_nearest():
     assert 0 < r.item() < 1
 
 
+def test_lora_rounding_can_start_from_gptq():
+    from lowbit.ptq import HessianAccumulator, gptq_quantize
+
+    lin = torch.nn.Linear(64, 32)
+    spec = WeightSpec(2, 16)
+    acc = HessianAccumulator(64)
+    acc.add(torch.randn(256, 64) * torch.linspace(0.2, 3, 64))
+    g = gptq_quantize(lin.weight.data, acc.H, spec)
+    ll = LearnedLinear(lin, spec, 16, 4, lin.weight.data, False, torch.Generator().manual_seed(0), start=g)
+    assert torch.equal(ll.finalize().codes, g.codes)  # the GPTQ solution is the start, exactly
+    assert torch.allclose(ll.weight_q(hard=True), g.dequantize(), atol=1e-6)
+    soft = ll.weight_q()
+    assert ((soft - g.dequantize()).abs() <= 0.05 * g.scales.repeat_interleave(16, 1)).all()
+
+
 def test_cbq_beats_rtn_on_a_tiny_llama(tiny_models, calib_file):
     from lowbit.data import calibration_windows
 

@@ -43,19 +43,27 @@ class LearnedLinear(nn.Module):
     """A linear layer during reconstruction: fixed fp weight, learned step sizes, LoRA-Rounding, activation clip."""
 
     def __init__(self, lin: nn.Linear, spec: WeightSpec, act_bits: int, rank: int, w_init: torch.Tensor,
-                 hadamard: bool, gen: torch.Generator) -> None:
+                 hadamard: bool, gen: torch.Generator, start: QuantizedWeight | None = None) -> None:
         super().__init__()
         W = lin.weight.detach().float()
         self.spec, self.act_bits, self.hadamard, self.mode = spec, act_bits, hadamard, "train"
         self.register_buffer("w_fp", W)
         self.register_buffer("bias", None if lin.bias is None else lin.bias.detach().float())
-        s0, z = fit_weight(w_init.float(), spec)
+        s0, z = fit_weight(w_init.float(), spec) if start is None else (start.scales.float(), start.zeros.float())
         self.register_buffer("s0", s0[..., None])
         self.register_buffer("zero", z[..., None])
         self.log_s = nn.Parameter(torch.zeros_like(self.s0))
         frac = self._grouped(W) / self.s0
-        rest = (frac - torch.floor(frac)).clamp(0.01, 0.99)
-        self.register_buffer("v0", (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).reshape(W.shape))
+        if start is None:  # AdaRound's start: h(V0) = fractional part, i.e. round to nearest
+            rest = (frac - torch.floor(frac)).clamp(0.01, 0.99)
+            v0 = -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)
+            self.register_buffer("base", None)
+        else:  # start from a given solution (GPTQ's levels): base + h reproduces it, h may move one step toward W
+            level = self._grouped(start.codes.float()) - self.zero
+            below = frac < level
+            self.register_buffer("base", level - below.float())
+            v0 = torch.where(below, 2.0, -2.0)
+        self.register_buffer("v0", v0.reshape(W.shape))
         self.a1 = nn.Parameter(torch.zeros(W.shape[0], rank))
         self.a2 = nn.Parameter(torch.randn(rank, W.shape[1], generator=gen) * 0.1)
         self.log_clip = nn.Parameter(torch.zeros(())) if act_bits < 16 else None
@@ -79,7 +87,7 @@ class LearnedLinear(nn.Module):
 
     def _codes(self, hard: bool) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.scale()
-        base = torch.floor(self._grouped(self.w_fp) / s).detach()
+        base = torch.floor(self._grouped(self.w_fp) / s).detach() if self.base is None else self.base
         self._h = self.h()  # kept for the regulariser of the same step
         h = self._grouped(self._h)
         if hard:
@@ -138,13 +146,29 @@ def _set_mode(wrappers: dict[int, dict[str, LearnedLinear]], idx: range, mode: s
             w.mode = mode
 
 
-def _wrap(block: nn.Module, config: CBQConfig, gen: torch.Generator) -> dict[str, LearnedLinear]:
+def _gptq_start(block: nn.Module, config: CBQConfig, inputs: BlockInputs) -> dict[str, QuantizedWeight]:
+    """GPTQ's solution for the block on the quantized stream (the block's float weights are left as they were)."""
+    from lowbit.ptq.config import GPTQConfig
+    from lowbit.ptq.pipeline import HANDLERS
+
+    linears = block_linears(block)
+    saved = {n: lin.weight.data.clone() for n, lin in linears.items()}
+    try:
+        with torch.no_grad():
+            return HANDLERS[GPTQConfig](block, GPTQConfig(config.weight), inputs)
+    finally:
+        for n, lin in linears.items():
+            lin.weight.data = saved[n]
+
+
+def _wrap(block: nn.Module, config: CBQConfig, gen: torch.Generator,
+          starts: dict[str, QuantizedWeight] | None = None) -> dict[str, LearnedLinear]:
     out = {}
     for name, lin in block_linears(block).items():
         t = transform_of(lin)
         w_init = truncate_weight(lin.weight.data, config.cfp_lambda) if config.cfp else lin.weight.data
         out[name] = LearnedLinear(lin, config.weight, config.act_bits, config.rank, w_init,
-                                  bool(t is not None and t.hadamard), gen)
+                                  bool(t is not None and t.hadamard), gen, (starts or {}).get(name))
     return out
 
 
@@ -217,8 +241,15 @@ def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_toke
                                     zip(x_fp.hidden, x_fp.args, x_fp.kwargs, strict=True)], x_fp.args, x_fp.kwargs)
                 with torch.no_grad():
                     report["cfp_channels"][i] = scale_activation_outliers(blocks[i], h_in, config.cfp_lambda)
+            starts = None
+            if config.init == "gptq":  # the quantized stream at block i's input, through the window's earlier blocks
+                _set_mode(wrappers, range(a, i), "hard")
+                with torch.no_grad():
+                    q_in = BlockInputs([_run(blocks[a:i], h, ar, kw) for h, ar, kw in
+                                        zip(x_q.hidden, x_q.args, x_q.kwargs, strict=True)], x_q.args, x_q.kwargs)
+                starts = _gptq_start(blocks[i], config, q_in)
             originals[i] = dict(block_linears(blocks[i]))
-            wrappers[i] = _wrap(blocks[i], config, gen)
+            wrappers[i] = _wrap(blocks[i], config, gen, starts)
             _swap(blocks[i], wrappers[i])
         rng = range(a, b)
         _set_mode(wrappers, rng, "fp")

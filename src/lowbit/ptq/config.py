@@ -91,6 +91,7 @@ class CBQConfig:
     round_weight: float = 1e-2
     beta: tuple[float, float] = (20.0, 2.0)  # annealed exponent of the rounding regulariser
     warmup: float = 0.2  # fraction of steps before the regulariser starts
+    init: str = "gptq"  # starting rounding and step sizes: "gptq" (GPTQ's solution) or "rtn" (AdaRound's)
     cfp: bool = False  # coarse-to-fine outlier pre-processing before the reconstruction
     cfp_lambda: float = 1.0
     seed: int = 0
