@@ -80,7 +80,7 @@ def quantize_dir(
                                      calib_config.seed)
     inner = config
     if isinstance(config, RecipeConfig):  # rotation and activation quantizers first, on the whole model
-        prepare_recipe(loaded.model, loaded.family, config, _prefix(loaded.model, loaded.family))
+        prepare_recipe(loaded.model, loaded.family, config, loaded.family.blocks_prefix(loaded.model))
         inner = config.quantizer
 
     def on_block(done: dict) -> None:
@@ -106,12 +106,6 @@ def quantize_dir(
             "group_size": config.weight.group_size, "bits_per_weight": qcfg["bits_per_weight"],
             "quantize_seconds": result.seconds, "total_seconds": time.perf_counter() - t0,
             "peak_rss_mb": peak_rss_mb(), "calib_activation_mb": result.calib_bytes / 2**20}
-
-
-def _prefix(model: torch.nn.Module, family: object) -> str:
-    """Module name of the model's list of blocks (e.g. model.layers)."""
-    blocks = family.blocks(model)  # type: ignore[attr-defined]
-    return next(n for n, m in model.named_modules() if m is blocks)
 
 
 def _quantize_streaming(src: Path, out: Path, config: object, text: str | None, calib_config: CalibConfig,

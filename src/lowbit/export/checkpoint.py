@@ -120,16 +120,6 @@ def read_quant_config(path: Path) -> dict | None:
     return cfg
 
 
-def _rebuild_computed_buffers(model: nn.Module) -> None:
-    """Recompute non-persistent buffers after `to_empty` (rotary embeddings are rebuilt from the config)."""
-    for mod in model.modules():
-        if not mod._non_persistent_buffers_set:
-            continue
-        fresh = type(mod)(config=model.config)
-        for k, v in fresh.named_buffers(recurse=False):
-            mod._buffers[k] = v
-
-
 def load(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Restore a runnable model from a lowbit checkpoint (or a plain full-precision directory)."""
     return load_with_tokenizer(path, dtype).model
@@ -146,6 +136,7 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
         load_model,
         load_tokenizer,
         read_config,
+        rebuild_rotary,
         resolve_source,
     )
     from lowbit.models.stream import load_into
@@ -175,7 +166,7 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
                 PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None).to(dtype))
     if on_meta:
         model.to_empty(device="cpu")
-        _rebuild_computed_buffers(model)
+        rebuild_rotary(model)
     for m in model.modules():  # packed buffers keep their own dtypes
         if isinstance(m, PackedLinear):
             m.scales = m.scales.to(torch.float16)

@@ -33,7 +33,7 @@ from lowbit.export.checkpoint import (
 )
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models import block_linears
-from lowbit.models.load import check_weight_files, family_of, read_config
+from lowbit.models.load import check_weight_files, family_of, read_config, rebuild_rotary
 from lowbit.models.stream import TensorIndex
 from lowbit.quantizers import WeightSpec
 
@@ -74,12 +74,7 @@ def _materialize_outside(model: nn.Module, blocks: nn.ModuleList, index: TensorI
             full = f"{mname}.{pname}" if mname else pname
             if full in index:
                 mod._parameters[pname] = nn.Parameter(index.read(full).float(), requires_grad=False)
-        for _, b in list(mod.named_buffers(recurse=False)):
-            if b is not None and b.is_meta and "Rotary" in type(mod).__name__:
-                fresh = type(mod)(config=model.config)
-                for k, v in fresh.named_buffers(recurse=False):
-                    mod._buffers[k] = v
-                break
+    rebuild_rotary(model)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
@@ -153,7 +148,7 @@ def quantize_streaming(
     index = TensorIndex(check_weight_files(src))
     model = _meta_model(src, fam.kind)
     blocks = fam.blocks(model)
-    prefix = next(n for n, m in model.named_modules() if m is blocks)
+    prefix = fam.blocks_prefix(model)
     n_shards = len(blocks) + 1
     dtype = _storage_dtype(cfg)
     shard_name = "model-{:05d}-of-{:05d}.safetensors".format

@@ -29,6 +29,14 @@ class Family:
                 return obj
         raise AttributeError(f"no transformer blocks found in {type(model).__name__} at {self.blocks_path}")
 
+    def blocks_prefix(self, model: nn.Module) -> str:
+        """Module name of the model's list of blocks (e.g. model.layers)."""
+        blocks = self.blocks(model)
+        for name, mod in model.named_modules():
+            if mod is blocks:
+                return name
+        raise RuntimeError("blocks not found among the model's modules")
+
 
 DECODER_BLOCKS = ("model.layers",)
 FAMILIES: tuple[Family, ...] = (

@@ -100,6 +100,15 @@ def load_tokenizer(path: Path) -> object:
         raise LowbitError(f"cannot load the tokenizer in {path} ({type(e).__name__}: {e})") from e
 
 
+def rebuild_rotary(model: nn.Module) -> None:
+    """Recompute rotary-embedding frequency buffers (non-persistent, so not in checkpoints) from the config."""
+    for mod in model.modules():
+        if mod._non_persistent_buffers_set and "Rotary" in type(mod).__name__:
+            fresh = type(mod)(config=model.config)
+            for k, v in fresh.named_buffers(recurse=False):
+                mod._buffers[k] = v
+
+
 def check_finite(model: nn.Module, path: Path) -> None:
     """Refuse a model whose parameters hold NaN or Inf."""
     for name, p in model.named_parameters():

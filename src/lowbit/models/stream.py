@@ -11,6 +11,7 @@ import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -19,22 +20,33 @@ DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F
           "BOOL": torch.bool}
 
 
-def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor of one .safetensors file, each read into fresh memory."""
+def _header(path: Path) -> tuple[int, dict]:
+    """Byte offset of the data and the tensor entries of one .safetensors file's header."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-        base = 8 + n
+    header.pop("__metadata__", None)
+    return 8 + n, header
+
+
+def _read(f: BinaryIO, path: Path, name: str, offset: int, size: int, dtype: torch.dtype, shape: list[int]
+          ) -> torch.Tensor:
+    """One tensor read from an open file into fresh memory."""
+    t = torch.empty(shape, dtype=dtype)
+    if t.numel():
+        f.seek(offset)
+        if f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != size:
+            raise OSError(f"{path}: tensor {name} is truncated")
+    return t
+
+
+def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of one .safetensors file, each read into fresh memory."""
+    base, header = _header(path)
+    with open(path, "rb") as f:
         for name, info in header.items():
-            if name == "__metadata__":
-                continue
             start, end = info["data_offsets"]
-            t = torch.empty(info["shape"], dtype=DTYPES[info["dtype"]])
-            f.seek(base + start)
-            view = t.view(-1).view(torch.uint8) if t.numel() else t
-            if t.numel() and f.readinto(memoryview(view.numpy())) != end - start:
-                raise OSError(f"{path}: tensor {name} is truncated")
-            yield name, t
+            yield name, _read(f, path, name, base + start, end - start, DTYPES[info["dtype"]], info["shape"])
 
 
 def load_into(model: torch.nn.Module, files: list[Path]) -> bool:
@@ -42,9 +54,7 @@ def load_into(model: torch.nn.Module, files: list[Path]) -> bool:
     state = model.state_dict()
     names: set[str] = set()
     for f in files:
-        with open(f, "rb") as h:
-            (n,) = struct.unpack("<Q", h.read(8))
-            names |= {k for k in json.loads(h.read(n)) if k != "__metadata__"}
+        names |= set(_header(f)[1])
     tied = {k for k in state if k not in names and k.endswith("lm_head.weight")}
     if names - set(state) or set(state) - names - tied:
         return False
@@ -64,24 +74,16 @@ class TensorIndex:
     def __init__(self, files: list[Path]) -> None:
         self.where: dict[str, tuple[Path, int, int, torch.dtype, list[int]]] = {}
         for f in files:
-            with open(f, "rb") as h:
-                (n,) = struct.unpack("<Q", h.read(8))
-                header = json.loads(h.read(n))
+            base, header = _header(f)
             for name, info in header.items():
-                if name != "__metadata__":
-                    start, end = info["data_offsets"]
-                    self.where[name] = (f, 8 + n + start, end - start, DTYPES[info["dtype"]], info["shape"])
+                start, end = info["data_offsets"]
+                self.where[name] = (f, base + start, end - start, DTYPES[info["dtype"]], info["shape"])
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
     def read(self, name: str) -> torch.Tensor:
         """One tensor, read into fresh memory with a plain file read (no mapping of the file)."""
-        f, offset, size, dtype, shape = self.where[name]
-        t = torch.empty(shape, dtype=dtype)
-        if t.numel():
-            with open(f, "rb") as h:
-                h.seek(offset)
-                if h.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != size:
-                    raise OSError(f"{f}: tensor {name} is truncated")
-        return t
+        path, offset, size, dtype, shape = self.where[name]
+        with open(path, "rb") as f:
+            return _read(f, path, name, offset, size, dtype, shape)

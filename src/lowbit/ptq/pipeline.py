@@ -120,7 +120,7 @@ def quantize(
         if calib_tokens is None or calib_tokens.numel() == 0:
             raise ValueError(f"{config.method} needs calibration tokens")
         weights, nbytes, report = RUNNERS[type(config)](model, family, config, calib_tokens, progress, on_block,
-                                                        _blocks_prefix(model, blocks))
+                                                        family.blocks_prefix(model))
         return QuantResult(weights, time.perf_counter() - t0, nbytes, report)
     inputs = None
     calib_bytes = 0
@@ -129,7 +129,7 @@ def quantize(
             raise ValueError(f"{config.method} needs calibration tokens")
         inputs = capture_block_inputs(model, family, calib_tokens, batch_size)
         calib_bytes = inputs.nbytes()
-    prefix = _blocks_prefix(model, blocks)
+    prefix = family.blocks_prefix(model)
     results: dict[str, QuantizedWeight] = {}
     bar = tqdm(list(enumerate(blocks)), desc=f"{config.method} {config.weight.describe()}", unit="block",
                disable=not progress)
@@ -157,9 +157,3 @@ def quantize(
             after_block(i, block)
     return QuantResult(results, time.perf_counter() - t0, calib_bytes)
 
-
-def _blocks_prefix(model: nn.Module, blocks: nn.ModuleList) -> str:
-    for name, mod in model.named_modules():
-        if mod is blocks:
-            return name
-    raise RuntimeError("blocks not found among the model's modules")
