@@ -59,6 +59,16 @@ def replace_linears(model: nn.Module, weights: dict[str, QuantizedWeight]) -> No
         setattr(parent, child, PackedLinear.from_quantized(q, bias))
 
 
+def install_packed(root: nn.Module, names: list[str], spec: WeightSpec, dtype: torch.dtype | None = None) -> None:
+    """Swap the named linears (relative to `root`) for empty PackedLinear modules of `spec`, to load into."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        lin = getattr(parent, child)
+        shell = PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None)
+        setattr(parent, child, shell if dtype is None else shell.to(dtype))
+
+
 def _unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """State dict without tied duplicates; float tensors of non-packed parts cast to the storage dtype."""
     seen: set[int] = set()
@@ -159,11 +169,7 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
     if not on_meta:
         model = auto.from_config(hf_config, dtype=dtype)
     spec = WeightSpec(qcfg["bits"], qcfg["group_size"], qcfg["symmetric"])
-    for name in qcfg["modules"]:
-        parent_name, _, child = name.rpartition(".")
-        lin = model.get_submodule(name)
-        setattr(model.get_submodule(parent_name), child,
-                PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None).to(dtype))
+    install_packed(model, qcfg["modules"], spec, dtype)
     if on_meta:
         model.to_empty(device="cpu")
         rebuild_rotary(model)

@@ -29,6 +29,7 @@ from lowbit.export.checkpoint import (
     SKIP,
     _storage_dtype,
     _unique_state,
+    install_packed,
     replace_linears,
 )
 from lowbit.kernels.qlinear import PackedLinear
@@ -102,10 +103,7 @@ def _load_block(block: nn.Module, prefix: str, index: TensorIndex) -> None:
 def _load_packed_block(block: nn.Module, prefix: str, shard: Path, spec: WeightSpec) -> None:
     """Rebuild an already-quantized block (packed linears) from its shard, for resuming."""
     block.to_empty(device="cpu")
-    for name, lin in block_linears(block).items():
-        parent_name, _, child = name.rpartition(".")
-        parent = block.get_submodule(parent_name) if parent_name else block
-        setattr(parent, child, PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None))
+    install_packed(block, list(block_linears(block)), spec)
     index = TensorIndex([shard])
     with torch.no_grad():
         for name, t in block.state_dict(keep_vars=True).items():
