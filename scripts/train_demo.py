@@ -55,6 +55,31 @@ def train_tokenizer(text_file: Path, prefix: Path, vocab: int) -> None:
     )
 
 
+def write_hf_tokenizer(out: Path, max_length: int) -> None:
+    """Write tokenizer.json and tokenizer_config.json that tokenize exactly like out/tokenizer.model.
+
+    transformers' conversion of a SentencePiece model uses a Metaspace pre-tokenizer that skips the dummy
+    prefix when a text already starts with a space, and its LlamaTokenizer class rebuilds that pipeline even
+    from a corrected file. SentencePiece always prepends the prefix, so the file gets a normalizer that
+    does (Prepend, then spaces to U+2581, no pre-tokenizer) and is loaded as a plain fast tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}) + "\n")
+    AutoTokenizer.from_pretrained(str(out)).save_pretrained(str(out))  # converts tokenizer.model
+    tj = out / "tokenizer.json"
+    spec = json.loads(tj.read_text(encoding="utf-8"))
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+    spec["pre_tokenizer"] = None
+    tj.write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+        "model_max_length": max_length,
+    }, indent=2) + "\n")
+
+
 def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab: int) -> float:
     """Perplexity of an add-one smoothed unigram model fitted on the training tokens."""
     counts = torch.bincount(train_ids, minlength=vocab).double() + 1.0
@@ -163,13 +188,7 @@ def main() -> None:
 
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     (out / "tokenizer.model").write_bytes((work / "sp.model").read_bytes())
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "add_bos_token": True, "add_eos_token": False, "legacy": False, "model_max_length": args.seq,
-    }, indent=2) + "\n")
-    from transformers import AutoTokenizer  # writes tokenizer.json so loading needs no SentencePiece conversion
-
-    AutoTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
+    write_hf_tokenizer(out, args.seq)
     (out / "calib.txt").write_text("\n".join(corpus["calib"]), encoding="utf-8")
     (out / "eval.txt").write_text("\n".join(corpus["eval"]), encoding="utf-8")
     (out / "train_report.json").write_text(json.dumps({

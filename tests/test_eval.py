@@ -56,3 +56,20 @@ def test_encoder_windows_have_cls_and_sep(tiny_models, calib_file):
     tok = load_model(tiny_models["bert"]).tokenizer
     w = calibration_windows(tok, calib_file.read_text(), n_samples=3, seq_len=32)
     assert (w[:, 0] == tok.cls_token_id).all() and (w[:, -1] == tok.sep_token_id).all()
+
+
+def test_demo_tokenizer_matches_its_sentencepiece_model():
+    """transformers tokenizes the demo's text exactly as SentencePiece did in training, spaces included."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    from transformers import AutoTokenizer
+
+    from lowbit.models.load import ASSETS
+
+    DEMO_DIR = ASSETS / "demo"
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(DEMO_DIR / "tokenizer.model"))
+    tok = AutoTokenizer.from_pretrained(str(DEMO_DIR))
+    paragraphs = [p for p in (DEMO_DIR / "eval.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    paragraphs += ["   DTrace markers", "  - filter", "x = 1  # two spaces", " leading", "tabs\tand\nnewlines"]
+    for p in paragraphs:
+        assert tok(p, add_special_tokens=False)["input_ids"] == sp.encode(p), repr(p[:60])
+    assert tok("a")["input_ids"][0] == sp.bos_id()
