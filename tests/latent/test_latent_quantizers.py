@@ -105,6 +105,18 @@ def test_fsq_grid_known_values() -> None:
     assert q.codebook_size == 12 and idx.max() < 12
 
 
+def test_fsq_index_is_mixed_radix_and_finite_check_tolerates_overflowing_sums() -> None:
+    q = FSQ([8, 8, 8, 5, 5, 5])
+    x = torch.randn(4096, 6) * 2
+    _, idx, _ = q(x)
+    level = torch.round(q.bound(x)) + q._half_width
+    expected = sum(level[:, i].long() * int(q._basis[i]) for i in range(6))
+    assert torch.equal(idx, expected)
+    torch.testing.assert_close(q.indices_to_codes(idx), q(x)[0])
+    big = torch.full((2, 6), 3e38)  # finite values whose sum overflows: no error
+    assert q(big)[1].shape == (2,)
+
+
 def test_lfq_signs_and_bsq_on_sphere() -> None:
     q = LFQ(8).eval()
     x = torch.tensor([[0.3, -2.0, 0.1], [-0.1, 0.5, -0.7]])

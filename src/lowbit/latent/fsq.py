@@ -39,6 +39,7 @@ class FSQ(LatentQuantizer):
         self.register_buffer("_levels", lv, persistent=False)
         basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
         self.register_buffer("_basis", basis, persistent=False)
+        self.register_buffer("_basis_f", basis.double(), persistent=False)
         half_l = (lv - 1) * (1 - eps) / 2
         offset = torch.where(torch.tensor(levels) % 2 == 0, 0.5, 0.0)
         self.register_buffer("_half_l", half_l, persistent=False)
@@ -55,13 +56,14 @@ class FSQ(LatentQuantizer):
     def _quantize(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         z = self.project_in(x)
         b = self.bound(z)
-        r = b + (torch.round(b) - b).detach()  # straight-through rounding
-        q = r / self._half_width  # values in [-1, 1]
-        level_idx = (torch.round(b) + self._half_width).long()  # 0 .. L-1 per dimension
+        rounded = torch.round(b).detach()
+        q = (b + (rounded - b).detach()) / self._half_width  # straight-through rounding, values in [-1, 1]
+        level_idx = rounded + self._half_width  # 0 .. L-1 per dimension, as floats
         if self._per_dim_usage:
-            idx = level_idx  # (N, n): the mixed-radix index may overflow int64
+            idx = level_idx.long()  # (N, n): the mixed-radix index may overflow int64
         else:
-            idx = (level_idx * self._basis).sum(dim=-1)
+            # mixed-radix index as one float64 matrix-vector product (exact below 2^53; autocast leaves float64 alone)
+            idx = (level_idx.double() @ self._basis_f).long()
         return self.project_out(q), idx, {}
 
     def codes_from_levels(self, level_idx: Tensor) -> Tensor:
