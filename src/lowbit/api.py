@@ -22,6 +22,7 @@ from lowbit.ptq.recipe import build as build_recipe
 from lowbit.ptq.recipe import prepare as prepare_recipe
 from lowbit.quantizers import WeightSpec
 from lowbit.quantizers import activation as act
+from lowbit.quantizers.kv import export as kv_export
 
 METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}  # plain methods; recipes of STEPS (rotate+gptq, cbq, ...) too
 
@@ -39,18 +40,18 @@ def peak_rss_mb() -> float:
 
 def make_config(
     method: str, bits: int, group_size: int, symmetric: bool = True, range: str = "minmax", act_bits: int = 16,
-    options: dict | None = None, **kw: object
+    options: dict | None = None, kv_bits: int = 16, **kw: object
 ) -> RTNConfig | GPTQConfig | RecipeConfig:
     """A method's (or recipe's, e.g. rotate+gptq) config from CLI-style arguments, with clear errors."""
     if method not in METHODS and not set(method.split("+")) & set(STEPS):
         raise LowbitError(f"unknown method {method!r}; choose one of: {EXAMPLES}")
     spec = WeightSpec(bits, group_size, symmetric, range)
-    if method in METHODS and act_bits == 16 and not options:
+    if method in METHODS and act_bits == 16 and kv_bits == 16 and not options:
         return METHODS[method](weight=spec, **kw)  # type: ignore[arg-type]
     opts = dict(options or {})
     if kw and "gptq" in method.split("+"):
         opts["gptq"] = {**kw, **opts.get("gptq", {})}
-    return build_recipe(method, spec, act_bits, opts)  # type: ignore[return-value]
+    return build_recipe(method, spec, act_bits, opts, kv_bits)  # type: ignore[return-value]
 
 
 def quantize_dir(
@@ -96,6 +97,9 @@ def quantize_dir(
     if transforms:
         meta["input_transforms"] = transforms
     meta["act_bits"] = getattr(config, "act_bits", 16)
+    kv = kv_export(loaded.model)
+    if kv is not None:
+        meta["kv_cache"] = kv
     if result.report is not None:
         meta["report"] = result.report
     if tokens is not None:
@@ -103,6 +107,7 @@ def quantize_dir(
                                "activation_bytes": result.calib_bytes}
     qcfg = save_quantized(loaded.model, None, src_path, out, meta)
     return {"out": str(out), "method": config.method, "bits": config.weight.bits, "act_bits": meta["act_bits"],
+            "kv_bits": (kv or {}).get("bits", 16),
             "group_size": config.weight.group_size, "bits_per_weight": qcfg["bits_per_weight"],
             "quantize_seconds": result.seconds, "total_seconds": time.perf_counter() - t0,
             "peak_rss_mb": peak_rss_mb(), "calib_activation_mb": result.calib_bytes / 2**20}
@@ -158,6 +163,7 @@ def evaluate(
     if qcfg:
         res["method"], res["bits"], res["group_size"] = qcfg.get("method"), qcfg["bits"], qcfg["group_size"]
         res["act_bits"] = qcfg.get("act_bits", 16)
+        res["kv_bits"] = (qcfg.get("kv_cache") or {}).get("bits", 16)
     if loaded.family.kind == "causal":
         ids = tokenize_text(loaded.tokenizer, body)
         bos = getattr(loaded.tokenizer, "bos_token_id", None)

@@ -24,11 +24,13 @@ def _quantize(a: argparse.Namespace) -> None:
         extra["true_sequential"] = a.true_sequential
     config = api.make_config(method, int(rec.get("bits", a.bits)), int(rec.get("group_size", a.group_size)),
                              bool(rec.get("symmetric", not a.asym)), range=str(rec.get("range", a.range)),
-                             act_bits=int(rec.get("act_bits", a.act_bits)), options=rec.get("options"), **extra)
+                             act_bits=int(rec.get("act_bits", a.act_bits)), options=rec.get("options"),
+                             kv_bits=int(rec.get("kv_bits", a.kv_bits)), **extra)
     calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size)
     res = api.quantize_dir(a.src, a.out, config, a.calib, calib, stream=a.stream, resume=a.resume)
     print(api.describe(res) if a.json else
-          f"wrote {res['out']}: {config.weight.describe()} A{res['act_bits']} via {method}, "
+          f"wrote {res['out']}: {config.weight.describe()} A{res['act_bits']}"
+          f"{'' if res.get('kv_bits', 16) == 16 else ' KV' + str(res['kv_bits'])} via {method}, "
           f"{res['bits_per_weight']:.3f} bits/weight, "
           f"{res['quantize_seconds']:.1f} s quantizing, peak RSS {res['peak_rss_mb']:.0f} MiB")
 
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", default="gptq", help="rtn, gptq (default), awq, smoothquant, cbq, or a recipe: "
                    "rotate+gptq, awq+gptq, smoothquant+rtn, cfp+cbq, rotate+cbq, ...")
     q.add_argument("--act-bits", type=int, default=16, help="activation bits: 16 (off, default), 8 or 4 (per token)")
+    q.add_argument("--kv-bits", type=int, default=16,
+                   help="KV-cache bits: 16 (off, default), 8 or 4 (keys after RoPE and values, per token and head)")
     q.add_argument("--recipe", help="YAML recipe file (method, bits, group_size, act_bits, options per step)")
     q.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
     q.add_argument("--group-size", type=int, default=128, help="group size along the input dim; 0 per channel")

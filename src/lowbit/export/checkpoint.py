@@ -186,5 +186,9 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
         from lowbit.quantizers.activation import restore
 
         restore(model, qcfg["input_transforms"])
+    if qcfg.get("kv_cache"):  # simulated KV-cache quantization inside the attention layers
+        from lowbit.quantizers.kv import restore as restore_kv
+
+        restore_kv(model, fam, qcfg["kv_cache"])
     model.eval()
     return Loaded(model, load_tokenizer(p), fam, p, config)

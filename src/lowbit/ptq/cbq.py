@@ -27,7 +27,7 @@ from lowbit.models import BlockInputs, Family, block_linears, block_output, capt
 from lowbit.ptq.cfp import scale_activation_outliers, truncate_weight
 from lowbit.ptq.config import CBQConfig
 from lowbit.quantizers import QuantizedWeight, WeightSpec
-from lowbit.quantizers.activation import fake_quant_tokens, transform_of
+from lowbit.quantizers.activation import fake_quant_tokens, fp_activations, transform_of
 from lowbit.quantizers.hadamard import fwht
 from lowbit.quantizers.weight import fit_weight
 
@@ -237,8 +237,9 @@ def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_toke
                 continue
             if config.cfp:  # the fp stream at block i's input: through the window's earlier (fp) blocks
                 _set_mode(wrappers, range(a, i), "fp")
-                h_in = BlockInputs([_run(blocks[a:i], h, ar, kw).detach() for h, ar, kw in
-                                    zip(x_fp.hidden, x_fp.args, x_fp.kwargs, strict=True)], x_fp.args, x_fp.kwargs)
+                with fp_activations(model):
+                    h_in = BlockInputs([_run(blocks[a:i], h, ar, kw).detach() for h, ar, kw in
+                                        zip(x_fp.hidden, x_fp.args, x_fp.kwargs, strict=True)], x_fp.args, x_fp.kwargs)
                 with torch.no_grad():
                     report["cfp_channels"][i] = scale_activation_outliers(blocks[i], h_in, config.cfp_lambda)
             starts = None
@@ -253,7 +254,7 @@ def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_toke
             _swap(blocks[i], wrappers[i])
         rng = range(a, b)
         _set_mode(wrappers, rng, "fp")
-        with torch.no_grad():
+        with torch.no_grad(), fp_activations(model):  # the fp targets: no activation or KV-cache quantization
             targets = [_run(blocks[a:b], h, ar, kw) for h, ar, kw in zip(x_fp.hidden, x_fp.args, x_fp.kwargs,
                                                                          strict=True)]
         _set_mode(wrappers, rng, "train")
@@ -266,7 +267,7 @@ def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_toke
         last = b if wi == len(wins) - 1 else wins[wi + 1][0]
         for i in range(done_upto, last):  # blocks leaving the window: fp stream on, then freeze the block
             _set_mode(wrappers, range(i, i + 1), "fp")
-            with torch.no_grad():
+            with torch.no_grad(), fp_activations(model):
                 for k, (h, ar, kw) in enumerate(zip(x_fp.hidden, x_fp.args, x_fp.kwargs, strict=True)):
                     x_fp.hidden[k] = _run([blocks[i]], h, ar, kw)
             done = {}

@@ -2,13 +2,15 @@
 
 A recipe is written as steps joined by '+', in order: an optional `rotate` (QuaRot), then optionally
 `smoothquant` or `awq` (before rtn/gptq) or `cfp` (before cbq), then exactly one quantizer (rtn, gptq or
-cbq). `awq` and `smoothquant` alone mean "+rtn". Activation bits apply to the whole model. A small YAML
-file can give the same, with per-step options:
+cbq). `awq` and `smoothquant` alone mean "+rtn". Activation bits apply to the whole model, KV-cache bits to
+every attention layer (keys and values per token and head; Hadamard-rotated keys when the recipe rotates).
+A small YAML file can give the same, with per-step options:
 
     method: rotate+gptq
     bits: 4
     group_size: 128
     act_bits: 4
+    kv_bits: 8
     options: {gptq: {damp: 0.01}, rotate: {seed: 0}}
 """
 
@@ -24,13 +26,14 @@ from lowbit.models import Family, block_linears
 from lowbit.ptq.config import AWQConfig, CBQConfig, GPTQConfig, RecipeConfig, RTNConfig, SmoothQuantConfig
 from lowbit.quantizers import WeightSpec
 from lowbit.quantizers.activation import check_act_bits, quantize_activations
+from lowbit.quantizers.kv import check_kv_bits, quantize_kv
 
 QUANTIZERS = {"rtn": RTNConfig, "gptq": GPTQConfig, "cbq": CBQConfig}
 SCALERS = {"smoothquant": SmoothQuantConfig, "awq": AWQConfig}
 STEPS = ("rotate", *SCALERS, "cfp", *QUANTIZERS)
 ALIASES = {"awq": "awq+rtn", "smoothquant": "smoothquant+rtn"}
 EXAMPLES = "rtn, gptq, awq, smoothquant, cbq, rotate+gptq, awq+gptq, smoothquant+rtn, cfp+cbq, rotate+cbq"
-RECIPE_KEYS = ("method", "bits", "group_size", "act_bits", "symmetric", "range", "options")
+RECIPE_KEYS = ("method", "bits", "group_size", "act_bits", "kv_bits", "symmetric", "range", "options")
 
 
 def parse(method: str) -> list[str]:
@@ -71,10 +74,12 @@ def _options(step: str, cls: type, opts: dict) -> dict:
     return given
 
 
-def build(method: str, weight: WeightSpec, act_bits: int = 16, options: dict | None = None) -> object:
+def build(method: str, weight: WeightSpec, act_bits: int = 16, options: dict | None = None,
+          kv_bits: int = 16) -> object:
     """The config for a recipe: a plain RTN/GPTQ config when nothing else is asked, else a RecipeConfig."""
     steps = parse(method)
     check_act_bits(act_bits)
+    check_kv_bits(kv_bits)
     opts = options or {}
     unknown = sorted(set(opts) - set(STEPS))
     if unknown:
@@ -88,10 +93,10 @@ def build(method: str, weight: WeightSpec, act_bits: int = 16, options: dict | N
         if s in SCALERS:
             config = SCALERS[s](inner=config, **_options(s, SCALERS[s], opts))
     rotate = "rotate" in steps
-    if not rotate and act_bits == 16 and len(steps) == 1 and qname != "cbq":
+    if not rotate and act_bits == 16 and kv_bits == 16 and len(steps) == 1 and qname != "cbq":
         return config
     return RecipeConfig(config, rotate=rotate, act_bits=act_bits, name="+".join(steps),
-                        rotate_seed=int((opts.get("rotate") or {}).get("seed", 0)))
+                        rotate_seed=int((opts.get("rotate") or {}).get("seed", 0)), kv_bits=kv_bits)
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -114,9 +119,11 @@ def load_recipe(path: str | Path) -> dict:
 
 
 def prepare(model: nn.Module, family: Family, config: RecipeConfig, prefix: str) -> None:
-    """Model-level steps before calibration: rotation (fp function kept) and activation quantizers on every linear."""
+    """Model-level steps before calibration: rotation (fp function kept), activation and KV-cache quantizers."""
     from lowbit.ptq.rotation import rotate_model
 
+    if config.kv_bits < 16:  # checked first: an encoder fails before any work
+        quantize_kv(model, family, config.kv_bits, hadamard=config.rotate)
     if config.rotate:
         rotate_model(model, family, config.rotate_seed, prefix)
     names = [f"{prefix}.{i}.{n}" for i, b in enumerate(family.blocks(model)) for n in block_linears(b)]

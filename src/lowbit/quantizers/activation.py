@@ -131,9 +131,10 @@ def restore(model: nn.Module, saved: dict[str, dict]) -> None:
 
 
 @contextmanager
-def fp_activations(module: nn.Module) -> Iterator[None]:
-    """Switch activation quantization off inside a model or block (Hadamard transforms stay: part of the function)."""
-    ts = [m._lowbit_input for m in module.modules() if getattr(m, "_lowbit_input", None) is not None]
+def fp_activations(*modules: nn.Module) -> Iterator[None]:
+    """Switch activation and KV-cache quantization off inside models or blocks (Hadamard transforms stay)."""
+    ts = [getattr(m, a) for module in modules for m in module.modules() for a in ("_lowbit_input", "_lowbit_kv")
+          if getattr(m, a, None) is not None]
     before = [t.enabled for t in ts]
     for t in ts:
         t.enabled = False
