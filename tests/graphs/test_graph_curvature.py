@@ -11,6 +11,7 @@ import torch
 from scipy.optimize import linprog
 
 from lowbit.graphs import (
+    _orc_c,
     augmented_forman_curvature,
     forman_curvature,
     jost_liu_bounds,
@@ -56,15 +57,26 @@ def lp_curvature(g: nx.Graph, alpha: float) -> dict:
     return out
 
 
+BACKENDS = ["python", pytest.param("c", marks=pytest.mark.skipif(not _orc_c.available(), reason="no C compiler"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Run the test once with the C solver and once with the SciPy max-flow fallback."""
+    _orc_c.set_backend(request.param)
+    yield request.param
+    _orc_c.set_backend("auto")
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_shrikhande_every_edge_one_sixth(alpha):
+def test_shrikhande_every_edge_one_sixth(alpha, backend):
     k = ollivier_ricci(shrikhande(), 16, alpha)
     assert k.shape == (48,)
     np.testing.assert_allclose(k, 1 / 6, atol=1e-12)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_rook_graph_every_edge_one_third(alpha):
+def test_rook_graph_every_edge_one_third(alpha, backend):
     k = ollivier_ricci(rook4(), 16, alpha)
     assert k.shape == (48,)
     np.testing.assert_allclose(k, 1 / 3, atol=1e-12)
@@ -72,13 +84,13 @@ def test_rook_graph_every_edge_one_third(alpha):
 
 @pytest.mark.parametrize("n", [2, 3, 5, 9])
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.9])
-def test_complete_graph_closed_form(n, alpha):
+def test_complete_graph_closed_form(n, alpha, backend):
     g = nx.complete_graph(n)
     k = ollivier_ricci(np.array(list(g.edges())).T, n, alpha)
     np.testing.assert_allclose(k, 1 - abs(alpha - (1 - alpha) / (n - 1)), atol=1e-12)
 
 
-def test_paths_cycles_stars_known_values():
+def test_paths_cycles_stars_known_values(backend):
     for g in [nx.path_graph(3), nx.path_graph(7), nx.cycle_graph(4), nx.cycle_graph(5), nx.cycle_graph(8)]:
         assert np.allclose(list(ollivier_ricci(g, alpha=0.0).values()), 0.0, atol=1e-12)
     # alpha = 1/2: cycles C4 -> 1/2, C5 -> 1/4, C_n (n >= 6) -> 0; paths: leaf edges 1/2, inner edges 0
@@ -110,6 +122,41 @@ def test_matches_independent_lp_on_random_graphs(alpha):
         got = ollivier_ricci(g, alpha=alpha)
         err = max(abs(got[e] - ref[e]) for e in ref)
         assert err < 1e-9, (g, alpha, err)
+
+
+@pytest.mark.skipif(not _orc_c.available(), reason="no C compiler")
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.3, 0.1])
+def test_c_solver_equals_scipy_path_exactly(alpha):
+    """Same integers (cost, scale) on both paths, so the float64 curvatures are bit-identical."""
+    graphs = list(random_graphs()) + [
+        nx.barabasi_albert_graph(300, 5, seed=12),  # hubs: large transport problems
+        nx.powerlaw_cluster_graph(200, 4, 0.3, seed=13),
+        nx.connected_caveman_graph(6, 7),
+        nx.grid_2d_graph(7, 9),
+        nx.random_labeled_tree(80, seed=14),
+    ]
+    for g in graphs:
+        g = nx.convert_node_labels_to_integers(g)
+        ei = np.array(list(g.edges())).T
+        try:
+            _orc_c.set_backend("c")
+            fast = ollivier_ricci(ei, g.number_of_nodes(), alpha)
+            _orc_c.set_backend("python")
+            slow = ollivier_ricci(ei, g.number_of_nodes(), alpha)
+        finally:
+            _orc_c.set_backend("auto")
+        np.testing.assert_array_equal(fast, slow)
+
+
+def test_backend_switch():
+    with pytest.raises(ValueError, match="unknown curvature backend"):
+        _orc_c.set_backend("fortran")
+    assert _orc_c.set_backend("python") == "python"
+    try:
+        assert ollivier_ricci(shrikhande(), 16).shape == (48,)
+    finally:
+        _orc_c.set_backend("auto")
+    assert _orc_c.backend() in ("c", "c-openmp", "python")
 
 
 def test_unusual_alpha_goes_through_lp_fallback_and_is_exact():
@@ -219,7 +266,7 @@ def test_forman_curvatures():
     np.testing.assert_allclose(forman_curvature(star), 4 - 3 - 1)
 
 
-def test_sparse_distance_path_equals_dense(monkeypatch):
+def test_sparse_distance_path_equals_dense(monkeypatch, backend):
     import lowbit.graphs.curvature as curvature
 
     g = nx.powerlaw_cluster_graph(120, 3, 0.4, seed=9)
@@ -228,3 +275,13 @@ def test_sparse_distance_path_equals_dense(monkeypatch):
     monkeypatch.setattr(curvature, "_DENSE_MAX_NODES", 10)
     monkeypatch.setattr(curvature, "_CHUNK_PAIRS", 500)  # many chunks
     np.testing.assert_array_equal(ollivier_ricci(ei, 120, 0.5), dense)
+
+
+def test_c_solver_hands_high_degree_edges_to_fallback(monkeypatch):
+    import lowbit.graphs.curvature as curvature
+
+    g = nx.barabasi_albert_graph(150, 3, seed=10)
+    ei = np.array(list(g.edges())).T
+    want = ollivier_ricci(ei, 150)
+    monkeypatch.setattr(curvature, "_C_MAX_DEG_SUM", 12)  # hub edges go to the SciPy path, the rest to C
+    np.testing.assert_array_equal(ollivier_ricci(ei, 150), want)

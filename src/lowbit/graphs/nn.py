@@ -80,27 +80,35 @@ class GINConv(nn.Module):
 
 
 class GraphClassifier(nn.Module):
-    """Stack of GCN or GIN layers (ReLU, dropout), mean (GCN) or sum (GIN) pooling, linear head."""
+    """Stack of GCN or GIN layers (ReLU, dropout), mean (GCN) or sum (GIN) pooling, linear head.
+
+    ``reference_readout=True`` follows the LCP paper's code instead: one more conv layer maps straight to
+    ``n_classes`` (no activation after it) and the node outputs are mean-pooled, with no linear head.
+    """
 
     def __init__(
-        self, kind: str, d_in: int, n_classes: int, hidden: int = 64, layers: int = 4, dropout: float = 0.5
+        self, kind: str, d_in: int, n_classes: int, hidden: int = 64, layers: int = 4, dropout: float = 0.5,
+        reference_readout: bool = False,
     ) -> None:
         super().__init__()
         if kind not in ("gcn", "gin"):
             raise ValueError(f"kind must be 'gcn' or 'gin', got {kind!r}")
         conv = GCNConv if kind == "gcn" else GINConv
-        dims = [d_in] + [hidden] * layers
+        dims = [d_in] + [hidden] * layers + ([n_classes] if reference_readout else [])
         self.kind = kind
+        self.reference_readout = reference_readout
         self.convs = nn.ModuleList(conv(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden, n_classes)
+        self.head = None if reference_readout else nn.Linear(hidden, n_classes)
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         h = batch.x
-        for conv in self.convs:
-            h = self.dropout(torch.relu(conv(h, batch.edge_index)))
+        for i, conv in enumerate(self.convs):
+            h = conv(h, batch.edge_index)
+            if self.head is not None or i < len(self.convs) - 1:
+                h = self.dropout(torch.relu(h))
         pooled = torch.zeros(batch.num_graphs, h.shape[1], dtype=h.dtype).index_add_(0, batch.batch, h)
-        if self.kind == "gcn":
+        if self.kind == "gcn" or self.head is None:
             count = torch.bincount(batch.batch, minlength=batch.num_graphs).clamp(min=1)
             pooled = pooled / count.unsqueeze(-1).to(h.dtype)
-        return self.head(pooled)
+        return pooled if self.head is None else self.head(pooled)
