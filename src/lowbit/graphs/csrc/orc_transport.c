@@ -11,9 +11,9 @@
  *   rest:    M - F1 - G2 units at cost 3.
  * Admissibility in phase 2 comes from the reduced-cost distances after phase 1 (label 1: distance 0, label 2:
  * distance 1): cost-2 pairs from label-1 supplies to label-2 demands, and cost-1 pairs inside one label.
- * Each max flow is a greedy pass and then Dinic on an implicit bipartite network: the per-problem distance
- * matrix D (one byte per pair), per-phase allowed rows (int32 demand ids), residual supplies and demands,
- * and the flows on pairs as entries listed per demand (the reverse arcs).  Integer arithmetic throughout,
+ * Each max flow is a greedy pass and then Dinic on an implicit bipartite network: bitset rows of the cost-1
+ * and cost-2 pairs per supply, per-phase allowed rows (bitsets), residual supplies and demands, and the flows
+ * on pairs as entries listed per demand (the reverse arcs).  Integer arithmetic throughout,
  * so (cost, scale) is exact.  Edges are spread over threads with OpenMP.
  */
 #include <stdint.h>
@@ -52,9 +52,10 @@ static inline int dist(const dist_t *d, i64 a, i64 b) {
 typedef struct {
     i64 *sid, *did;        /* graph ids of supplies / demands */
     i64 *rs, *rd;          /* residual supply / demand */
-    uint8_t *D;            /* ns x nd distances */
-    int *row_start, *row;  /* allowed demand ids per supply (CSR) */
-    int *cur_s, *cur_d;    /* Dinic current arcs: row position / entry id */
+    uint64_t *R1, *R2, *AR; /* ns x nw bitsets: cost-1 pairs, cost-2 pairs, allowed pairs of this phase */
+    uint64_t *vis;          /* nw words: demands already reached */
+    int nw;
+    int *cur_s, *cur_d;     /* Dinic current arcs: demand position in the row / entry id */
     int *lev_s, *lev_d;    /* Dinic levels */
     uint8_t *lab_s, *lab_d;
     int *queue;            /* BFS queue: supply i as i, demand j as ns + j */
@@ -75,14 +76,15 @@ static int grow(void **p, size_t elem, i64 count) {
 
 static int reserve(work_t *w, i64 ns, i64 nd, i64 pairs) {
     if (ns > w->cap_s) {
-        if (grow((void **)&w->sid, 8, ns) || grow((void **)&w->rs, 8, ns) || grow((void **)&w->row_start, 4, ns + 1) ||
+        if (grow((void **)&w->sid, 8, ns) || grow((void **)&w->rs, 8, ns) ||
             grow((void **)&w->cur_s, 4, ns) || grow((void **)&w->lev_s, 4, ns) || grow((void **)&w->lab_s, 1, ns))
             return -1;
         w->cap_s = ns;
     }
     if (nd > w->cap_d) {
         if (grow((void **)&w->did, 8, nd) || grow((void **)&w->rd, 8, nd) || grow((void **)&w->cur_d, 4, nd) ||
-            grow((void **)&w->lev_d, 4, nd) || grow((void **)&w->lab_d, 1, nd) || grow((void **)&w->ent_head, 4, nd))
+            grow((void **)&w->lev_d, 4, nd) || grow((void **)&w->lab_d, 1, nd) || grow((void **)&w->ent_head, 4, nd) ||
+            grow((void **)&w->vis, 8, 2 * (nd / 64 + 1)))
             return -1;
         w->cap_d = nd;
     }
@@ -91,14 +93,15 @@ static int reserve(work_t *w, i64 ns, i64 nd, i64 pairs) {
         w->cap_q = ns + nd;
     }
     if (pairs > w->cap_pairs) {
-        if (grow((void **)&w->D, 1, pairs) || grow((void **)&w->row, 4, pairs)) return -1;
+        if (grow((void **)&w->R1, 8, pairs) || grow((void **)&w->R2, 8, pairs) || grow((void **)&w->AR, 8, pairs))
+            return -1;
         w->cap_pairs = pairs;
     }
     return 0;
 }
 
 static void release(work_t *w) {
-    free(w->sid); free(w->did); free(w->rs); free(w->rd); free(w->D); free(w->row_start); free(w->row);
+    free(w->sid); free(w->did); free(w->rs); free(w->rd); free(w->R1); free(w->R2); free(w->AR); free(w->vis);
     free(w->cur_s); free(w->cur_d); free(w->lev_s); free(w->lev_d); free(w->lab_s); free(w->lab_d);
     free(w->queue); free(w->ent_head); free(w->ent_s); free(w->ent_next); free(w->ent_f);
 }
@@ -119,40 +122,54 @@ static int add_flow(work_t *w, int i, int j, i64 f) {
     return 0;
 }
 
-/* phase rules: is the pair (i, j) with distance c usable now?  phase 1: c == 1; phase 2: admissible */
-static inline int pair_ok(const work_t *w, int phase, int i, int j, int c) {
-    if (phase == 1) return c == 1;
-    uint8_t ls = w->lab_s[i], ld = w->lab_d[j];
-    if (c == 2) return ls == 1 && ld == 2;
-    return c == 1 && ls != 0 && ls == ld;
+static inline int has_bit(const uint64_t *row, int j) { return (int)((row[j >> 6] >> (j & 63)) & 1u); }
+
+/* next set bit of a row at position >= j, or nd */
+static inline int next_bit(const uint64_t *row, int j, int nd) {
+    if (j >= nd) return nd;
+    int k = j >> 6;
+    uint64_t word = row[k] & (~(uint64_t)0 << (j & 63));
+    while (!word) {
+        if (++k << 6 >= nd) return nd;
+        word = row[k];
+    }
+    int b = (k << 6) + __builtin_ctzll(word);
+    return b < nd ? b : nd;
 }
 
-/* allowed rows (CSR of demand ids per supply) for this phase */
+/* allowed rows for this phase.  phase 1: the cost-1 pairs.  phase 2 (admissible): cost-2 pairs from label 1 to
+ * label 2, cost-1 pairs inside one label.  An entry's reverse arc is usable when its pair is allowed. */
 static void build_rows(work_t *w, int phase) {
-    int ns = w->ns, nd = w->nd, k = 0;
-    for (int i = 0; i < ns; i++) {
-        w->row_start[i] = k;
-        const uint8_t *Di = w->D + (i64)i * nd;
-        if (phase == 1) {
-            for (int j = 0; j < nd; j++) if (Di[j] == 1) w->row[k++] = j;
-        } else if (w->lab_s[i] == 1) {
-            for (int j = 0; j < nd; j++) {
-                uint8_t c = Di[j], ld = w->lab_d[j];
-                if ((c == 2 && ld == 2) || (c == 1 && ld == 1)) w->row[k++] = j;
-            }
-        } else if (w->lab_s[i] == 2) {
-            for (int j = 0; j < nd; j++) if (Di[j] == 1 && w->lab_d[j] == 2) w->row[k++] = j;
-        }
+    int ns = w->ns, nd = w->nd, nw = w->nw;
+    if (phase == 1) {
+        memcpy(w->AR, w->R1, sizeof(uint64_t) * (size_t)ns * nw);
+        return;
     }
-    w->row_start[ns] = k;
+    uint64_t *L1 = w->vis, *L2 = w->vis + nw; /* demand label bitsets (vis has room for 2 nw words) */
+    memset(L1, 0, sizeof(uint64_t) * 2 * (size_t)nw);
+    for (int j = 0; j < nd; j++) {
+        if (w->lab_d[j] == 1) L1[j >> 6] |= (uint64_t)1 << (j & 63);
+        else if (w->lab_d[j] == 2) L2[j >> 6] |= (uint64_t)1 << (j & 63);
+    }
+    for (int i = 0; i < ns; i++) {
+        uint64_t *ar = w->AR + (i64)i * nw;
+        const uint64_t *r1 = w->R1 + (i64)i * nw, *r2 = w->R2 + (i64)i * nw;
+        if (w->lab_s[i] == 1)
+            for (int k = 0; k < nw; k++) ar[k] = (r2[k] & L2[k]) | (r1[k] & L1[k]);
+        else if (w->lab_s[i] == 2)
+            for (int k = 0; k < nw; k++) ar[k] = r1[k] & L2[k];
+        else
+            memset(ar, 0, sizeof(uint64_t) * (size_t)nw);
+    }
 }
 
 /* greedy s -> i -> j -> t pushes along the allowed rows */
 static i64 greedy(work_t *w, int *err) {
     i64 sent = 0;
+    int nd = w->nd;
     for (int i = 0; i < w->ns; i++) {
-        for (int k = w->row_start[i]; k < w->row_start[i + 1] && w->rs[i] > 0; k++) {
-            int j = w->row[k];
+        const uint64_t *ar = w->AR + (i64)i * w->nw;
+        for (int j = next_bit(ar, 0, nd); j < nd && w->rs[i] > 0; j = next_bit(ar, j + 1, nd)) {
             if (w->rd[j] <= 0) continue;
             i64 f = w->rs[i] < w->rd[j] ? w->rs[i] : w->rd[j];
             w->rs[i] -= f; w->rd[j] -= f; sent += f;
@@ -164,10 +181,11 @@ static i64 greedy(work_t *w, int *err) {
 
 /* Dinic BFS from s over: s -> i (rs > 0), i -> j (allowed row), j -> i (entry flow > 0, pair allowed),
  * j -> t (rd > 0).  Returns whether t is reachable; levels in lev_s / lev_d / lev_t. */
-static int bfs(work_t *w, int phase) {
-    int ns = w->ns, nd = w->nd, qh = 0, qt = 0;
+static int bfs(work_t *w) {
+    int ns = w->ns, nd = w->nd, nw = w->nw, qh = 0, qt = 0;
     for (int i = 0; i < ns; i++) w->lev_s[i] = -1;
     for (int j = 0; j < nd; j++) w->lev_d[j] = -1;
+    memset(w->vis, 0, sizeof(uint64_t) * (size_t)nw);
     w->lev_t = -1;
     for (int i = 0; i < ns; i++)
         if (w->rs[i] > 0) { w->lev_s[i] = 1; w->queue[qt++] = i; }
@@ -176,9 +194,17 @@ static int bfs(work_t *w, int phase) {
         if (x < ns) {
             int lv = w->lev_s[x];
             if (w->lev_t >= 0 && lv + 2 > w->lev_t) continue;
-            for (int k = w->row_start[x]; k < w->row_start[x + 1]; k++) {
-                int j = w->row[k];
-                if (w->lev_d[j] < 0) { w->lev_d[j] = lv + 1; w->queue[qt++] = ns + j; }
+            const uint64_t *ar = w->AR + (i64)x * nw;
+            for (int k = 0; k < nw; k++) {
+                uint64_t fresh = ar[k] & ~w->vis[k];
+                if (!fresh) continue;
+                w->vis[k] |= fresh;
+                while (fresh) {
+                    int j = (k << 6) + __builtin_ctzll(fresh);
+                    fresh &= fresh - 1;
+                    w->lev_d[j] = lv + 1;
+                    w->queue[qt++] = ns + j;
+                }
             }
         } else {
             int j = x - ns, lv = w->lev_d[j];
@@ -186,8 +212,7 @@ static int bfs(work_t *w, int phase) {
             if (w->lev_t >= 0 && lv + 1 >= w->lev_t) continue;
             for (int e = w->ent_head[j]; e >= 0; e = w->ent_next[e]) {
                 int i = w->ent_s[e];
-                if (w->ent_f[e] <= 0 || w->lev_s[i] >= 0) continue;
-                if (!pair_ok(w, phase, i, j, w->D[(i64)i * nd + j])) continue;
+                if (w->ent_f[e] <= 0 || w->lev_s[i] >= 0 || !has_bit(w->AR + (i64)i * nw, j)) continue;
                 w->lev_s[i] = lv + 1;
                 w->queue[qt++] = i;
             }
@@ -196,33 +221,34 @@ static int bfs(work_t *w, int phase) {
     return w->lev_t >= 0;
 }
 
-static i64 dfs_d(work_t *w, int phase, int j, i64 f, int *err);
+static i64 dfs_d(work_t *w, int j, i64 f, int *err);
 
-static i64 dfs_s(work_t *w, int phase, int i, i64 f, int *err) {
-    for (; w->cur_s[i] < w->row_start[i + 1]; w->cur_s[i]++) {
-        int j = w->row[w->cur_s[i]];
+static i64 dfs_s(work_t *w, int i, i64 f, int *err) {
+    const uint64_t *ar = w->AR + (i64)i * w->nw;
+    int nd = w->nd;
+    for (int j = next_bit(ar, w->cur_s[i], nd); j < nd; j = next_bit(ar, j + 1, nd)) {
+        w->cur_s[i] = j;
         if (w->lev_d[j] != w->lev_s[i] + 1) continue;
-        i64 got = dfs_d(w, phase, j, f, err);
+        i64 got = dfs_d(w, j, f, err);
         if (got > 0) {
             if (add_flow(w, i, j, got)) *err = 1;
             return got;
         }
     }
+    w->cur_s[i] = nd;
     return 0;
 }
 
-static i64 dfs_d(work_t *w, int phase, int j, i64 f, int *err) {
+static i64 dfs_d(work_t *w, int j, i64 f, int *err) {
     if (w->rd[j] > 0 && w->lev_t == w->lev_d[j] + 1) {
         i64 g = f < w->rd[j] ? f : w->rd[j];
         w->rd[j] -= g;
         return g;
     }
-    int nd = w->nd;
     for (; w->cur_d[j] >= 0; w->cur_d[j] = w->ent_next[w->cur_d[j]]) {
         int e = w->cur_d[j], i = w->ent_s[e];
-        if (w->ent_f[e] <= 0 || w->lev_s[i] != w->lev_d[j] + 1) continue;
-        if (!pair_ok(w, phase, i, j, w->D[(i64)i * nd + j])) continue;
-        i64 got = dfs_s(w, phase, i, f < w->ent_f[e] ? f : w->ent_f[e], err);
+        if (w->ent_f[e] <= 0 || w->lev_s[i] != w->lev_d[j] + 1 || !has_bit(w->AR + (i64)i * w->nw, j)) continue;
+        i64 got = dfs_s(w, i, f < w->ent_f[e] ? f : w->ent_f[e], err);
         if (got > 0) {
             w->ent_f[e] -= got;
             return got;
@@ -231,15 +257,15 @@ static i64 dfs_d(work_t *w, int phase, int j, i64 f, int *err) {
     return 0;
 }
 
-static i64 maxflow(work_t *w, int phase, i64 limit, int *err) {
+static i64 maxflow(work_t *w, i64 limit, int *err) {
     i64 total = greedy(w, err);
-    while (total < limit && bfs(w, phase)) {
-        for (int i = 0; i < w->ns; i++) w->cur_s[i] = w->row_start[i];
+    while (total < limit && bfs(w)) {
+        for (int i = 0; i < w->ns; i++) w->cur_s[i] = 0;
         for (int j = 0; j < w->nd; j++) w->cur_d[j] = w->ent_head[j];
         for (int i = 0; i < w->ns; i++) {
             if (w->lev_s[i] != 1) continue;
             while (w->rs[i] > 0) {
-                i64 got = dfs_s(w, phase, i, w->rs[i], err);
+                i64 got = dfs_s(w, i, w->rs[i], err);
                 if (got <= 0) break;
                 w->rs[i] -= got;
                 total += got;
@@ -249,23 +275,37 @@ static i64 maxflow(work_t *w, int phase, i64 limit, int *err) {
     return total;
 }
 
+/* mark the demands of row & ~vis with label `pass` and queue them */
+static int spread(work_t *w, const uint64_t *row, uint8_t pass, int qt) {
+    for (int k = 0; k < w->nw; k++) {
+        uint64_t fresh = row[k] & ~w->vis[k];
+        if (!fresh) continue;
+        w->vis[k] |= fresh;
+        while (fresh) {
+            int j = (k << 6) + __builtin_ctzll(fresh);
+            fresh &= fresh - 1;
+            w->lab_d[j] = pass;
+            w->queue[qt++] = w->ns + j;
+        }
+    }
+    return qt;
+}
+
 /* phase-2 labels: 1 = reduced distance 0 from s (zero arcs: s -> i with rs > 0, cost-1 pairs forward, flowed
  * pairs backward), 2 = reduced distance 1 (one cost-2 pair from label 1, then zero arcs).  Returns whether t
  * has label 2 (some residual demand is reachable at cost 2). */
 static int label(work_t *w) {
-    int ns = w->ns, nd = w->nd, qh = 0, qt = 0, reach_t = 0;
+    int ns = w->ns, nd = w->nd, nw = w->nw, qh = 0, qt = 0, reach_t = 0;
     memset(w->lab_s, 0, (size_t)ns);
     memset(w->lab_d, 0, (size_t)nd);
+    memset(w->vis, 0, sizeof(uint64_t) * (size_t)nw);
     for (int i = 0; i < ns; i++)
         if (w->rs[i] > 0) { w->lab_s[i] = 1; w->queue[qt++] = i; }
     for (uint8_t pass = 1; pass <= 2; pass++) {
         while (qh < qt) {
             int x = w->queue[qh++];
             if (x < ns) {
-                for (int k = w->row_start[x]; k < w->row_start[x + 1]; k++) { /* phase-1 rows: cost-1 pairs */
-                    int j = w->row[k];
-                    if (!w->lab_d[j]) { w->lab_d[j] = pass; w->queue[qt++] = ns + j; }
-                }
+                qt = spread(w, w->R1 + (i64)x * nw, pass, qt);
             } else {
                 int j = x - ns;
                 if (w->rd[j] > 0 && pass == 2) reach_t = 1;
@@ -276,12 +316,8 @@ static int label(work_t *w) {
             }
         }
         if (pass == 2) break;
-        for (int i = 0; i < ns; i++) {
-            if (w->lab_s[i] != 1) continue;
-            const uint8_t *Di = w->D + (i64)i * nd;
-            for (int j = 0; j < nd; j++)
-                if (Di[j] == 2 && !w->lab_d[j]) { w->lab_d[j] = 2; w->queue[qt++] = ns + j; }
-        }
+        for (int i = 0; i < ns; i++)
+            if (w->lab_s[i] == 1) qt = spread(w, w->R2 + (i64)i * nw, 2, qt);
     }
     return reach_t;
 }
@@ -317,20 +353,27 @@ static int solve_edge(work_t *w, const dist_t *d, const i64 *indptr, const i64 *
     i64 total = 0;
     for (int i = 0; i < ns; i++) total += w->rs[i];
     if (total == 0 || nd == 0) return 0;
-    if (reserve(w, ns, nd, (i64)ns * nd)) return -1;
-    w->ns = ns; w->nd = nd; w->n_ent = 0;
+    int nw = (nd + 63) / 64;
+    if (reserve(w, ns, nd, (i64)ns * nw)) return -1;
+    w->ns = ns; w->nd = nd; w->nw = nw; w->n_ent = 0;
+    memset(w->R1, 0, sizeof(uint64_t) * (size_t)ns * nw);
+    memset(w->R2, 0, sizeof(uint64_t) * (size_t)ns * nw);
     for (int i = 0; i < ns; i++) {
-        uint8_t *Di = w->D + (i64)i * nd;
-        for (int j = 0; j < nd; j++) Di[j] = (uint8_t)dist(d, w->sid[i], w->did[j]);
+        uint64_t *r1 = w->R1 + (i64)i * nw, *r2 = w->R2 + (i64)i * nw;
+        for (int j = 0; j < nd; j++) {
+            int c = dist(d, w->sid[i], w->did[j]);
+            if (c == 1) r1[j >> 6] |= (uint64_t)1 << (j & 63);
+            else if (c == 2) r2[j >> 6] |= (uint64_t)1 << (j & 63);
+        }
     }
     for (int j = 0; j < nd; j++) w->ent_head[j] = -1;
     int err = 0;
     build_rows(w, 1);
-    i64 f1 = maxflow(w, 1, total, &err);
+    i64 f1 = maxflow(w, total, &err);
     i64 g2 = 0;
     if (f1 < total && label(w)) {
         build_rows(w, 2);
-        g2 = maxflow(w, 2, total - f1, &err);
+        g2 = maxflow(w, total - f1, &err);
     }
     if (err) return -1;
     *cost_out = f1 + 2 * g2 + 3 * (total - f1 - g2);
