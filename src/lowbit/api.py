@@ -240,23 +240,29 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 def generate_dir(
     src: str | Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-    top_p: float = 1.0, seed: int = 0, dtype: str = "bf16",
+    top_p: float = 1.0, seed: int = 0, dtype: str = "bf16", engine: str = "auto", kernel: str = "auto",
 ) -> dict:
     """Load a model or checkpoint (causal LMs) and continue `prompt`; text plus prefill and decode tokens/s."""
+    from lowbit.kernels.qlinear import KERNELS, set_kernel
     from lowbit.models.generate import generate, warm_up
 
     if dtype not in DTYPES:
         raise LowbitError(f"unknown --dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if kernel not in KERNELS:
+        raise LowbitError(f"unknown --kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
     t0 = time.perf_counter()
     loaded = load_with_tokenizer(src, DTYPES[dtype])
     if loaded.family.kind != "causal":
         raise LowbitError(f"{loaded.path} is a {loaded.family.kind} model ({loaded.family.name}); generate needs a "
                           "causal language model")
+    set_kernel(loaded.model, kernel)
     warm_up(loaded.model)  # prepares the packed kernels: counted as loading, not as prefill
     load_s = time.perf_counter() - t0
-    g = generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    g = generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed,
+                 engine=engine)
+    kernels = sorted({m.backend() for m in loaded.model.modules() if hasattr(m, "kernel_choice")} - {None})
     return {"model": str(loaded.path), "dtype": dtype, "load_seconds": load_s, **g.as_dict(),
-            "peak_rss_mb": peak_rss_mb()}
+            "kernel": ",".join(kernels) or "dense", "peak_rss_mb": peak_rss_mb()}
 
 
 def describe(res: dict) -> str:

@@ -49,13 +49,15 @@ def _eval(a: argparse.Namespace) -> None:
 def _generate(a: argparse.Namespace) -> None:
     from lowbit import api
 
-    res = api.generate_dir(a.src, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, a.dtype)
+    res = api.generate_dir(a.src, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, a.dtype,
+                           a.engine, a.kernel)
     if a.json:
         print(api.describe(res))
     else:
         print(a.prompt + res["text"])
         print(f"\n[{res['prompt_tokens']} prompt tokens, {res['new_tokens']} new; prefill "
-              f"{res['prefill_tokens_per_s']:.1f} tok/s, decode {res['decode_tokens_per_s']:.1f} tok/s, {a.dtype}]",
+              f"{res['prefill_tokens_per_s']:.1f} tok/s, decode {res['decode_tokens_per_s']:.1f} tok/s, {a.dtype}, "
+              f"{res['engine']} engine, {res['kernel']} kernel]",
               file=sys.stderr)
 
 
@@ -175,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--dtype", default="bf16", help="activation dtype: bf16 (fast int4 path, default) or fp32")
+    g.add_argument("--engine", default="auto", choices=["auto", "lean", "transformers"],
+                   help="forward used per token: lowbit's lean one (Llama/Mistral/Qwen2/Qwen3; auto picks it where "
+                        "it applies) or transformers'")
+    g.add_argument("--kernel", default="auto", choices=["auto", "c", "c-int8", "int4pack", "torch"],
+                   help="packed-weight kernel: c (exact, default), c-int8 (int8 activations per group, faster, "
+                        "not exact), int4pack (PyTorch's int4), torch (reference)")
     g.add_argument("--json", action="store_true", help="print one JSON line")
     g.set_defaults(fn=_generate)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.models.lean import LeanDecoder, unsupported
 
 
 @dataclass
@@ -22,6 +24,7 @@ class Generation:
     prefill_seconds: float
     decode_seconds: float
     token_ids: list[int] = field(default_factory=list)
+    engine: str = "transformers"
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -38,7 +41,8 @@ class Generation:
         """JSON-friendly summary."""
         return {"text": self.text, "prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
                 "prefill_seconds": self.prefill_seconds, "decode_seconds": self.decode_seconds,
-                "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s}
+                "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "engine": self.engine}
 
 
 @torch.inference_mode()
@@ -68,10 +72,15 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, ge
 def generate(
     model: nn.Module, tokenizer: object, prompt: str | list[int], max_new_tokens: int = 64,
     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
+    engine: str = "auto",
 ) -> Generation:
-    """Continue `prompt` (text or token ids) by up to `max_new_tokens` tokens with a KV cache."""
-    from transformers import DynamicCache
+    """Continue `prompt` (text or token ids) by up to `max_new_tokens` tokens with a KV cache.
 
+    engine: "lean" (lowbit's own forward, models.lean; Llama, Mistral, Qwen2, Qwen3), "transformers" (the
+    model's forward with a DynamicCache), or "auto": lean where it applies, else transformers.
+    """
+    if engine not in ("auto", "lean", "transformers"):
+        raise LowbitError(f"unknown engine {engine!r}; use auto, lean or transformers")
     if max_new_tokens < 1:
         raise LowbitError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if not 0 < top_p <= 1:
@@ -88,18 +97,33 @@ def generate(
                           f"context of {limit} tokens; shorten the prompt or ask for fewer tokens")
     eos = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
     gen = torch.Generator().manual_seed(seed)
-    # transformers >= 5.2x names the argument `cache` (and deprecates `past_key_values`)
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    kw = {key: DynamicCache(), "use_cache": True}
+    why = unsupported(model)
+    if engine == "lean" and why:
+        raise LowbitError(f"the lean engine cannot run this model ({why}); use --engine transformers")
+    step = _lean_step(model, len(ids) + max_new_tokens) if engine != "transformers" and not why else _hf_step(model)
     t0 = time.perf_counter()
-    out = model(input_ids=torch.tensor([ids]), **kw)
-    nxt = _pick(out.logits[0, -1], temperature, top_k, top_p, gen)
+    nxt = _pick(step(ids), temperature, top_k, top_p, gen)
     t1 = time.perf_counter()
     new = [nxt]
     while len(new) < max_new_tokens and nxt != eos:
-        out = model(input_ids=torch.tensor([[nxt]]), **kw)
-        nxt = _pick(out.logits[0, -1], temperature, top_k, top_p, gen)
+        nxt = _pick(step([nxt]), temperature, top_k, top_p, gen)
         new.append(nxt)
     t2 = time.perf_counter()
     text = tokenizer.decode(new, skip_special_tokens=True)  # type: ignore[attr-defined]
-    return Generation(text, len(ids), len(new), t1 - t0, t2 - t1, new)
+    name = "transformers" if engine == "transformers" or why else "lean"
+    return Generation(text, len(ids), len(new), t1 - t0, t2 - t1, new, name)
+
+
+def _lean_step(model: nn.Module, max_len: int) -> Callable[[list[int]], torch.Tensor]:
+    """Last-position logits of the next ids, through lowbit's lean forward and static cache."""
+    return LeanDecoder(model, max_len).step
+
+
+def _hf_step(model: nn.Module) -> Callable[[list[int]], torch.Tensor]:
+    """Last-position logits of the next ids, through the model's own forward and a DynamicCache."""
+    from transformers import DynamicCache
+
+    # transformers >= 5.2x names the argument `cache` (and deprecates `past_key_values`)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = {key: DynamicCache(), "use_cache": True}
+    return lambda ids: model(input_ids=torch.tensor([ids]), **kw).logits[0, -1]

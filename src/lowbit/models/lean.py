@@ -1,0 +1,116 @@
+"""A lean forward for Llama-like decoders (Llama, Mistral, Qwen2, Qwen3) with a static KV cache, for generation.
+
+transformers' forward costs about a millisecond of Python and dispatch per layer and token, and its CPU
+attention kernel is slow for one query; at batch 1 that overhead is as large as the low-bit matmuls. This
+module walks the same modules (so packed kernels, activation-quantization hooks and rotations all apply) with
+a few tensor ops per layer: RMSNorm through `torch.nn.functional.rms_norm`, rotary tables computed once by
+the model's own rotary module, the KV cache preallocated, one-query attention as two small matmuls grouped
+by KV head. Its logits equal transformers' to float rounding (tested per family).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lowbit.kernels.qlinear import dense_linear
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why `model` cannot run through LeanDecoder, or None if it can."""
+    cfg = getattr(model, "config", None)
+    mt = getattr(cfg, "model_type", None)
+    if mt not in FAMILIES:
+        return f"model type {mt!r} is not one of {', '.join(FAMILIES)}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r} (only silu)"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", mt == "mistral"):
+        return "sliding-window attention"
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "rotary_emb") or not hasattr(model, "lm_head"):
+        return "no model.rotary_emb / lm_head"
+    for layer in base.layers:
+        a = layer.self_attn
+        if a._forward_hooks or a._forward_pre_hooks or layer._forward_hooks or layer._forward_pre_hooks:
+            return "hooks on attention or decoder layers"
+    return None
+
+
+def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """transformers' RMSNorm: normalise in fp32, back to the input dtype, times the weight."""
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the rotate-half convention, x [T, heads, dim], cos/sin [T, 1, dim]; `sin` carries the
+    sign of the first half (rotate_half(x) = [-x2, x1] = roll(x, dim/2) * [-1.., 1..])."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, -1) * sin
+
+
+class LeanDecoder:
+    """Runs `model` token by token with its own static KV cache; `step(ids)` returns the last logits."""
+
+    def __init__(self, model: nn.Module, max_len: int) -> None:
+        why = unsupported(model)
+        if why:
+            raise ValueError(f"LeanDecoder cannot run this model: {why}")
+        cfg, base = model.config, model.model
+        self.model, self.base, self.max_len = model, base, max_len
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.dtype = base.embed_tokens.weight.dtype
+        shape = (len(base.layers), self.kv_heads, max_len, self.head_dim)
+        self.k = torch.zeros(shape)  # fp32 cache: small at batch 1, and bf16 matmuls of this size are slow here
+        self.v = torch.zeros(shape)
+        pos = torch.arange(max_len).unsqueeze(0)
+        cos, sin = base.rotary_emb(torch.zeros(1, dtype=self.dtype), pos)
+        sin = sin.clone()
+        sin[..., : self.head_dim // 2] *= -1
+        self.cos, self.sin = cos[0].to(self.dtype).unsqueeze(1), sin[0].to(self.dtype).unsqueeze(1)
+        self.pos = 0
+
+    def reset(self) -> None:
+        """Forget the cached tokens."""
+        self.pos = 0
+
+    @torch.inference_mode()
+    def step(self, ids: list[int]) -> torch.Tensor:
+        """Feed `ids` after the cached tokens; logits [vocab] of the last one."""
+        t, p0 = len(ids), self.pos
+        if p0 + t > self.max_len:
+            raise ValueError(f"LeanDecoder holds {self.max_len} tokens; {p0 + t} asked")
+        h = self.base.embed_tokens(torch.tensor(ids))
+        cos, sin = self.cos[p0:p0 + t], self.sin[p0:p0 + t]
+        rep = self.heads // self.kv_heads
+        for i, layer in enumerate(self.base.layers):
+            a = layer.self_attn
+            x = _rms(h, layer.input_layernorm)
+            q = a.q_proj(x).view(t, self.heads, self.head_dim)
+            k = a.k_proj(x).view(t, self.kv_heads, self.head_dim)
+            v = a.v_proj(x).view(t, self.kv_heads, self.head_dim)
+            if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head before the rotation
+                q, k = _rms(q, a.q_norm), _rms(k, a.k_norm)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            self.k[i, :, p0:p0 + t] = k.transpose(0, 1)
+            self.v[i, :, p0:p0 + t] = v.transpose(0, 1)
+            keys, vals = self.k[i, :, :p0 + t], self.v[i, :, :p0 + t]
+            if t == 1:  # one query: heads grouped by their KV head, two small matmuls
+                qg = q.float().view(self.kv_heads, rep, self.head_dim)
+                att = torch.softmax(torch.matmul(qg, keys.transpose(1, 2)) * a.scaling, dim=-1)
+                o = torch.matmul(att, vals).reshape(1, -1)
+            else:
+                mask = None if p0 == 0 else torch.ones(t, p0 + t, dtype=torch.bool).tril(p0)
+                o = F.scaled_dot_product_attention(q.float().transpose(0, 1), keys, vals, attn_mask=mask,
+                                                   is_causal=p0 == 0, scale=a.scaling, enable_gqa=rep > 1)
+                o = o.transpose(0, 1).reshape(t, -1)
+            h = h + a.o_proj(o.to(self.dtype))
+            x = _rms(h, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        self.pos = p0 + t
+        return dense_linear(_rms(h[-1:], self.base.norm), self.model.lm_head)[0]
