@@ -2,7 +2,9 @@
 
 Same run, interleaved (ours, theirs, ours, theirs, ...), medians of wall-clock times and their ratio.
 Graphs are unweighted (networkx graphs rebuilt from the edge list, so every edge has weight 1).
-GraphRicciCurvature runs with its defaults (multiprocessing over all cores); ours runs in-process.
+GraphRicciCurvature runs with its defaults (multiprocessing over all cores); ours runs in-process with the
+C solver on all cores (lowbit.graphs.curvature_backend()); on the headline BA graph the SciPy fallback path
+is timed too, interleaved, and must give bit-identical values.
 
     python benchmarks/graph_curvature.py [--repeats 3] [--quick]
 
@@ -22,7 +24,7 @@ import warnings
 import networkx as nx
 import numpy as np
 
-from lowbit.graphs import load_mutag, ollivier_ricci, ollivier_ricci_many
+from lowbit.graphs import curvature_backend, load_mutag, ollivier_ricci, ollivier_ricci_many, set_curvature_backend
 
 
 def grc_curvature(g: nx.Graph, alpha: float) -> dict:
@@ -50,14 +52,21 @@ def max_diff(ref: dict, edges: np.ndarray, ours: np.ndarray) -> float:
     return max((abs(lookup[e] - k) for e, k in ref.items()), default=0.0)
 
 
-def bench_graph(name: str, g: nx.Graph, alpha: float, repeats: int) -> dict:
+def bench_graph(name: str, g: nx.Graph, alpha: float, repeats: int, fallback: bool = False) -> dict:
     ei = edge_index_of(g)
     n = g.number_of_nodes()
-    t_ours, t_grc, diff = [], [], 0.0
+    t_ours, t_fb, t_grc, diff = [], [], [], 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         ours = ollivier_ricci(ei, n, alpha)
         t_ours.append(time.perf_counter() - t0)
+        if fallback:
+            set_curvature_backend("python")
+            t0 = time.perf_counter()
+            slow = ollivier_ricci(ei, n, alpha)
+            t_fb.append(time.perf_counter() - t0)
+            set_curvature_backend("auto")
+            assert np.array_equal(slow, ours), "C solver and SciPy fallback disagree"
         t0 = time.perf_counter()
         ref = grc_curvature(g, alpha)
         t_grc.append(time.perf_counter() - t0)
@@ -72,6 +81,9 @@ def bench_graph(name: str, g: nx.Graph, alpha: float, repeats: int) -> dict:
         "max_abs_diff": diff,
     }
     row["speedup"] = row["grc_s"] / row["ours_s"]
+    if fallback:
+        row["fallback_s"] = float(np.median(t_fb))
+        row["speedup_fallback"] = row["grc_s"] / row["fallback_s"]
     return row
 
 
@@ -120,7 +132,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.getLogger("GraphRicciCurvature").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load {os.getloadavg()}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load {os.getloadavg()}; "
+          f"curvature backend {curvature_backend()}")
     # warm-up both (imports, process pools)
     small = nx.barabasi_albert_graph(30, 2, seed=0)
     grc_curvature(small, 0.0)
@@ -140,7 +153,7 @@ def main() -> None:
     for alpha in (0.0, 0.5):
         for name, g, r in families:
             g = nx.convert_node_labels_to_integers(g)
-            rows.append(bench_graph(name, g, alpha, r if alpha == 0.0 else 1))
+            rows.append(bench_graph(name, g, alpha, r if alpha == 0.0 else 1, fallback=name.startswith("BA")))
             print(json.dumps(rows[-1]), flush=True)
         rows.append(bench_mutag(alpha, rep if alpha == 0.0 else 1, 20 if args.quick else 100))
         print(json.dumps(rows[-1]), flush=True)
@@ -151,6 +164,8 @@ def main() -> None:
         extra = ""
         if "speedup_batched" in r:
             extra = f"  (batched {r['ours_batched_s']:.4f} s, {r['speedup_batched']:.0f}x)"
+        if "fallback_s" in r:
+            extra = f"  (SciPy fallback {r['fallback_s']:.4f} s, {r['speedup_fallback']:.1f}x)"
         print(
             f"{r['graph']:32s} {r['alpha']:5.1f} {r['edges']:7d} {r['ours_s']:9.4f} {r['grc_s']:8.3f} "
             f"{r['speedup']:7.1f}x {r['max_abs_diff']:10.1e}{extra}"
@@ -161,10 +176,14 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "graph_curvature",
+                "backend": curvature_backend(),
+                "load_at_end": [round(x, 2) for x in os.getloadavg()],
                 "ba_graph": ba["graph"],
                 "ba_ours_s": round(ba["ours_s"], 4),
                 "ba_grc_s": round(ba["grc_s"], 3),
                 "speedup_ba": round(ba["speedup"], 2),
+                "ba_fallback_s": round(ba["fallback_s"], 4),
+                "speedup_ba_fallback": round(ba["speedup_fallback"], 2),
                 "mutag_graphs": mut["graph"],
                 "mutag_ours_per_graph_s": round(mut["ours_s"], 4),
                 "mutag_ours_batched_s": round(mut["ours_batched_s"], 4),

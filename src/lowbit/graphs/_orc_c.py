@@ -1,4 +1,4 @@
-"""ctypes binding of csrc/orc_transport.c: exact ORC transport problems of all edges in one C call (OpenMP).
+"""ctypes binding of csrc/orc_transport.c: exact ORC transport problems of all edges in one C call (threads).
 
 Built on first use with lowbit.kernels._build (cached per source, flags and CPU); without a C compiler, or
 with LOWBIT_ORC_BACKEND=python, :func:`available` is False and the SciPy max-flow path is used instead.
@@ -19,7 +19,8 @@ from lowbit.kernels._build import build_shared, compiler
 __all__ = ["available", "backend", "set_backend", "transport_costs", "build_library"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "orc_transport.c"
-_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-strict-aliasing"]
+_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing"]
+_SERIAL_PAIRS = 50_000  # below this much work (sum of deg u * deg v) one thread is faster than starting more
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -27,9 +28,8 @@ _forced: str | None = None
 
 
 def build_library(force: bool = False) -> Path:
-    """Compile orc_transport.c into the kernel cache (OpenMP if the compiler has it) and return its path."""
-    plain = [f for f in _FLAGS if f != "-march=native"]
-    variants = [_FLAGS + ["-fopenmp"], _FLAGS, plain + ["-fopenmp"], plain]
+    """Compile orc_transport.c into the kernel cache and return its path."""
+    variants = [_FLAGS, [f for f in _FLAGS if f != "-march=native"]]
     return build_shared(_SOURCE, compiler(), variants, native=True, force=force)
 
 
@@ -56,7 +56,6 @@ def _load() -> ctypes.CDLL | None:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.orc_transport.argtypes = [i64, p, p, p, p, i64, p, i64, i64, p, p, p, i64, i64, ctypes.c_int, p, p]
         lib.orc_transport.restype = ctypes.c_int
-        lib.orc_has_openmp.restype = ctypes.c_int
         _lib = lib
     return _lib
 
@@ -67,10 +66,8 @@ def available() -> bool:
 
 
 def backend() -> str:
-    """'c-openmp', 'c' or 'python' (the SciPy path): what ollivier_ricci uses now."""
-    if not available():
-        return "python"
-    return "c-openmp" if _load().orc_has_openmp() else "c"
+    """'c' (the C solver) or 'python' (the SciPy path): what ollivier_ricci uses now."""
+    return "c" if available() else "python"
 
 
 def set_backend(name: str = "auto") -> str:
@@ -101,7 +98,10 @@ def transport_costs(
     u = np.ascontiguousarray(u, dtype=np.int64)
     v = np.ascontiguousarray(v, dtype=np.int64)
     deg = np.diff(indptr)
-    order = np.ascontiguousarray(np.argsort(-(deg[u] * deg[v]), kind="stable"), dtype=np.int64)
+    work = deg[u] * deg[v]
+    order = np.ascontiguousarray(np.argsort(-work, kind="stable"), dtype=np.int64)
+    if threads is None:
+        threads = 1 if work.sum() < _SERIAL_PAIRS else os.cpu_count() or 1
     cost = np.zeros(u.size, dtype=np.int64)
     scale = np.ones(u.size, dtype=np.int64)
     if dense is not None:
@@ -113,7 +113,7 @@ def transport_costs(
     rc = lib.orc_transport(
         n, _ptr(indptr), _ptr(indices), _ptr(dense), _ptr(k1), 0 if k1 is None else k1.size, _ptr(k2),
         0 if k2 is None else k2.size, u.size, _ptr(u), _ptr(v), _ptr(order), p, q,
-        int(threads or os.cpu_count() or 1), _ptr(cost), _ptr(scale),
+        max(1, int(threads)), _ptr(cost), _ptr(scale),
     )
     if rc != 0:
         raise MemoryError("C curvature solver: out of memory")

@@ -14,14 +14,13 @@
  * Each max flow is a greedy pass and then Dinic on an implicit bipartite network: bitset rows of the cost-1
  * and cost-2 pairs per supply, per-phase allowed rows (bitsets), residual supplies and demands, and the flows
  * on pairs as entries listed per demand (the reverse arcs).  Integer arithmetic throughout,
- * so (cost, scale) is exact.  Edges are spread over threads with OpenMP.
+ * so (cost, scale) is exact.  Edges are spread over POSIX threads (an atomic counter over chunks of edges;
+ * no OpenMP, whose idle workers would spin between calls).
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 typedef int64_t i64;
 
@@ -380,38 +379,50 @@ static int solve_edge(work_t *w, const dist_t *d, const i64 *indptr, const i64 *
     return 0;
 }
 
-int orc_has_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
+typedef struct {
+    dist_t d;
+    const i64 *indptr, *indices, *eu, *ev, *order;
+    i64 m, p, q, next;
+    i64 *cost, *scale;
+    int failed;
+} job_t;
+
+#define CHUNK 8
+
+static void *worker(void *arg) {
+    job_t *job = (job_t *)arg;
+    work_t w;
+    memset(&w, 0, sizeof(w));
+    for (;;) {
+        i64 first = __atomic_fetch_add(&job->next, CHUNK, __ATOMIC_RELAXED);
+        if (first >= job->m) break;
+        i64 last = first + CHUNK < job->m ? first + CHUNK : job->m;
+        for (i64 i = first; i < last; i++) {
+            i64 e = job->order ? job->order[i] : i;
+            if (solve_edge(&w, &job->d, job->indptr, job->indices, job->eu[e], job->ev[e], job->p, job->q,
+                           job->cost + e, job->scale + e))
+                __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        }
+    }
+    release(&w);
+    return NULL;
 }
 
 /* cost[e], scale[e] for the edges (eu[e], ev[e]), deg eu <= deg ev, solved in the given order (heavy first
- * balances the threads); returns 0, or -1 on allocation failure. */
+ * balances the threads) on `threads` threads (the caller's included); returns 0, or -1 on allocation failure. */
 int orc_transport(i64 n, const i64 *indptr, const i64 *indices, const uint8_t *dense, const i64 *k1, i64 n1,
                   const i64 *k2, i64 n2, i64 m, const i64 *eu, const i64 *ev, const i64 *order, i64 p, i64 q,
                   int threads, i64 *cost, i64 *scale) {
-    dist_t d = {dense, k1, k2, n1, n2, n};
-    int failed = 0;
-#ifdef _OPENMP
-    if (threads < 1) threads = omp_get_max_threads();
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-#else
-    (void)threads;
-#endif
-    {
-        work_t w;
-        memset(&w, 0, sizeof(w));
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 4)
-#endif
-        for (i64 i = 0; i < m; i++) {
-            i64 e = order ? order[i] : i;
-            if (solve_edge(&w, &d, indptr, indices, eu[e], ev[e], p, q, cost + e, scale + e)) failed = 1;
-        }
-        release(&w);
+    job_t job = {{dense, k1, k2, n1, n2, n}, indptr, indices, eu, ev, order, m, p, q, 0, cost, scale, 0};
+    if (threads > 64) threads = 64;
+    if ((i64)threads > (m + CHUNK - 1) / CHUNK) threads = (int)((m + CHUNK - 1) / CHUNK);
+    pthread_t tid[64];
+    int started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tid[started], NULL, worker, &job) != 0) break; /* fewer threads: still correct */
+        started++;
     }
-    return failed ? -1 : 0;
+    worker(&job);
+    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+    return job.failed ? -1 : 0;
 }
