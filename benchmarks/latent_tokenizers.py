@@ -1,17 +1,18 @@
-"""Benchmark lowbit.latent quantizers: autoencoder quality at 16 bits/token; speed, memory vs vector-quantize-pytorch.
+"""Latent tokenizers benchmark: every lowbit.latent quantizer at 8, 12 and 16 bits per token, several seeds.
 
-(a) Quality: a small convolutional autoencoder on 32x32 grayscale patches of scikit-image's sample images
-    (train: random crops with flips from 12 images; test: 3 held-out images tiled into patches and
-    reassembled), one token of 16 bits per latent position (4x4 tokens per patch, 0.25 bits per pixel):
-    VQ (K = 65536, d = 16, EMA + dead-code replacement), FSQ [8, 8, 8, 5, 5, 5], LFQ 2^16, BSQ 2^16, and GQ:
-    a Gaussian VAE trained with TDC (target 16 bits per group of 16 channels), then quantized with
-    GaussianQuant (K = 2^16) without further training. PSNR and SSIM on the held-out images, code usage
-    over 12k training crops (192k tokens).
-(b) Speed: fwd+bwd on 16 x 1024 tokens, ours vs vector-quantize-pytorch, interleaved runs, medians.
-(c) Memory: peak RSS of LFQ K = 2^16 fwd+bwd on 16 x 1024 tokens in a fresh subprocess (ours), and the peer's
-    LFQ at K = 2^10 / 2^12 for its scaling (its 2^16 needs > 24 GB and is not run).
+(a) Quality. A small convolutional autoencoder on two offline datasets:
+    * patches: 32x32 grayscale crops (with flips) of 12 scikit-image sample images; test: 3 held-out
+      images (camera, chelsea, gravel) tiled into patches and reassembled; 4x4 tokens per patch;
+    * digits: scikit-learn's 8x8 digits (first 1500 train, last 297 test); 2x2 tokens per digit.
+    Quantizers at the same bits per token: VQ (EMA, dead-code replacement), FSQ (the paper's levels), LFQ,
+    BSQ, ResidualVQ (2 stages of 2^(bits/2)), LatentQuantize (4 values per dimension) and GQ: a Gaussian VAE
+    trained with TDC (target log2 K bits per group of 16 channels), then coded by GaussianQuant without further
+    training. Same encoder, decoder, optimiser, batch and steps for all. PSNR and SSIM on the test images,
+    code usage (fraction used, perplexity) over ``--usage-factor`` x K tokens of training data where the data
+    has that many (with the cap 1 - exp(-N/K) a uniform code would reach), train time.
+(b) Speed and memory against vector-quantize-pytorch: benchmarks/latent_speed.py, run in the same process.
 
-Ends with one JSON line of headline figures. ``--quick`` shortens training and repeats.
+Ends with one JSON line of headline figures. ``--quick``: one seed, short training, fewer repeats.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,9 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from lowbit.latent import BSQ, FSQ, LFQ, GaussianQuant, VectorQuantize
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import latent_speed  # noqa: E402
+
+from lowbit.latent import BSQ, FSQ, LFQ, GaussianQuant, LatentQuantize, ResidualVQ, VectorQuantize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = [
@@ -40,11 +42,17 @@ TRAIN_IMAGES = [
     "moon", "page", "text", "grass", "brick", "retina",
 ]  # fmt: skip
 TEST_IMAGES = ["camera", "chelsea", "gravel"]
-PATCH = 32
+QUANTIZERS = ("VQ", "FSQ", "LFQ", "BSQ", "GQ", "RVQ", "LQ")
+FSQ_LEVELS = {8: [8, 6, 5], 10: [8, 5, 5, 5], 12: [7, 5, 5, 5, 5], 14: [8, 8, 8, 6, 5], 16: [8, 8, 8, 5, 5, 5]}
+GQ_CHANNELS = 16
+STEPS = {"patches": 500, "digits": 400}  # the same for every quantizer (and for GQ's VAE)
+BATCH = {"patches": 32, "digits": 64}
+SIGMA_X = 0.15  # the Gaussian VAE's pixel noise scale (its likelihood weight)
 
 
 # ----------------------------------------------------------------------------- data
 def load_gray(name: str) -> np.ndarray:
+    """A scikit-image sample image as float32 grayscale in [0, 1], halved when larger than 1000 px."""
     import skimage.data
     from skimage.color import rgb2gray
     from skimage.transform import rescale
@@ -56,124 +64,183 @@ def load_gray(name: str) -> np.ndarray:
     return im.astype(np.float32)
 
 
-class Crops:
-    """Random 32x32 crops with flips from a list of grayscale images."""
+class Patches:
+    """32x32 crops of scikit-image samples; test images tiled into patches (4x4 tokens per patch)."""
 
-    def __init__(self, images: list[np.ndarray], seed: int) -> None:
-        self.images = [torch.from_numpy(im) for im in images]
-        self.g = torch.Generator().manual_seed(seed)
+    name, size, downsamples = "patches", 32, 3
 
-    def sample(self, n: int) -> torch.Tensor:
-        out = torch.empty(n, 1, PATCH, PATCH)
-        which = torch.randint(len(self.images), (n,), generator=self.g)
-        for i, w in enumerate(which.tolist()):
-            im = self.images[w]
-            y = int(torch.randint(im.shape[0] - PATCH + 1, (1,), generator=self.g))
-            x = int(torch.randint(im.shape[1] - PATCH + 1, (1,), generator=self.g))
-            p = im[y : y + PATCH, x : x + PATCH]
-            if bool(torch.rand(1, generator=self.g) < 0.5):
-                p = p.flip(1)
-            out[i, 0] = p
+    def __init__(self) -> None:
+        self.train_images = [torch.from_numpy(load_gray(n)) for n in TRAIN_IMAGES]
+        self.test_images = [load_gray(n) for n in TEST_IMAGES]
+
+    def sample(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """n random training crops (with horizontal flips)."""
+        p, out = self.size, torch.empty(n, 1, self.size, self.size)
+        which = torch.randint(len(self.train_images), (n,), generator=g).tolist()
+        for i, w in enumerate(which):
+            im = self.train_images[w]
+            y = int(torch.randint(im.shape[0] - p + 1, (1,), generator=g))
+            x = int(torch.randint(im.shape[1] - p + 1, (1,), generator=g))
+            crop = im[y : y + p, x : x + p]
+            out[i, 0] = crop.flip(1) if bool(torch.rand(1, generator=g) < 0.5) else crop
         return out
 
+    def test_sets(self) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Each test image cut into patches, with its cropped size for reassembly."""
+        p, sets = self.size, []
+        for im in self.test_images:
+            h, w = (im.shape[0] // p) * p, (im.shape[1] // p) * p
+            t = torch.from_numpy(im[:h, :w]).reshape(h // p, p, w // p, p).permute(0, 2, 1, 3)
+            sets.append((t.reshape(-1, 1, p, p), (h, w)))
+        return sets
 
-def tile(im: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-    h, w = (im.shape[0] // PATCH) * PATCH, (im.shape[1] // PATCH) * PATCH
-    t = torch.from_numpy(im[:h, :w]).reshape(h // PATCH, PATCH, w // PATCH, PATCH).permute(0, 2, 1, 3)
-    return t.reshape(-1, 1, PATCH, PATCH), (h, w)
+    def assemble(self, patches: torch.Tensor, hw: tuple[int, int]) -> list[np.ndarray]:
+        """Patches back into one image."""
+        (h, w), p = hw, self.size
+        return [patches.reshape(h // p, w // p, p, p).permute(0, 2, 1, 3).reshape(h, w).numpy()]
+
+    def usage_pool(self, tokens: int, g: torch.Generator) -> torch.Tensor:
+        """Training crops holding at least ``tokens`` tokens."""
+        return self.sample(math.ceil(tokens / 16), g)
 
 
-def untile(p: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
-    h, w = hw
-    t = p.reshape(h // PATCH, w // PATCH, PATCH, PATCH).permute(0, 2, 1, 3)
-    return t.reshape(h, w).numpy()
+class Digits:
+    """scikit-learn's 8x8 digits in [0, 1]: first 1500 train, last 297 test; 2x2 tokens per digit."""
+
+    name, size, downsamples = "digits", 8, 2
+
+    def __init__(self) -> None:
+        from sklearn.datasets import load_digits
+
+        x = torch.from_numpy(load_digits().images.astype(np.float32) / 16.0)[:, None]
+        self.train, self.test = x[:1500], x[1500:]
+
+    def sample(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """n random training digits."""
+        return self.train[torch.randint(len(self.train), (n,), generator=g)]
+
+    def test_sets(self) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """The test digits as one set."""
+        return [(self.test, (8, 8))]
+
+    def assemble(self, patches: torch.Tensor, hw: tuple[int, int]) -> list[np.ndarray]:
+        """Each digit is its own image."""
+        return list(patches[:, 0].numpy())
+
+    def usage_pool(self, tokens: int, g: torch.Generator) -> torch.Tensor:
+        """All training digits (6,000 tokens: too few to fill a large codebook)."""
+        return self.train
 
 
 # ----------------------------------------------------------------------------- model
 class Encoder(nn.Module):
-    def __init__(self, out_ch: int, width: int = 64) -> None:
+    """Strided conv encoder: ``downsamples`` stride-2 convs, then a 1x1 conv to the latent channels."""
+
+    def __init__(self, out_ch: int, downsamples: int, width: int = 32) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, width // 2, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(width // 2, width, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(width, width, 3, 1, 1), nn.GELU(),
-            nn.Conv2d(width, width, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(width, out_ch, 1),
-        )  # fmt: skip
+        layers: list[nn.Module] = []
+        ch = 1
+        for i in range(downsamples):
+            w = width // 2 if i == 0 else width
+            layers += [nn.Conv2d(ch, w, 3, 2, 1), nn.GELU()]
+            if i == 1:
+                layers += [nn.Conv2d(w, w, 3, 1, 1), nn.GELU()]
+            ch = w
+        layers.append(nn.Conv2d(ch, out_ch, 1))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) -> latents (B, C, H / 2^d, W / 2^d)."""
         return self.net(x)
 
 
 class Decoder(nn.Module):
-    def __init__(self, in_ch: int, width: int = 64) -> None:
+    """Mirror of Encoder: transposed stride-2 convs back to one channel."""
+
+    def __init__(self, in_ch: int, upsamples: int, width: int = 32) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(in_ch, width, 3, 1, 1), nn.GELU(),
-            nn.ConvTranspose2d(width, width, 4, 2, 1), nn.GELU(),
-            nn.Conv2d(width, width, 3, 1, 1), nn.GELU(),
-            nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.GELU(),
-            nn.ConvTranspose2d(width // 2, 1, 4, 2, 1),
-        )  # fmt: skip
+        outs = [width] * (upsamples - 2) + [width // 2, 1]
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, width, 3, 1, 1), nn.GELU()]
+        ch = width
+        for i, out in enumerate(outs):
+            layers.append(nn.ConvTranspose2d(ch, out, 4, 2, 1))
+            if out != 1:
+                layers.append(nn.GELU())
+            if i == 0 and out != 1:
+                layers += [nn.Conv2d(out, out, 3, 1, 1), nn.GELU()]
+            ch = out
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images."""
         return self.net(z)
 
 
-def make_quantizer(name: str) -> tuple[nn.Module | None, int]:
-    """Quantizer and latent channels for 16 bits per token."""
+def make_quantizer(name: str, bits: int) -> tuple[nn.Module, int]:
+    """Quantizer at ``bits`` bits per token, and the latent channels the encoder must produce."""
     if name == "VQ":
-        return VectorQuantize(16, 1 << 16, decay=0.99, dead_code_threshold=1e-3, channels_first=True), 16
+        return VectorQuantize(16, 1 << bits, decay=0.99, dead_code_threshold=1e-3, channels_first=True), 16
+    if name == "RVQ":
+        k = 1 << (bits // 2)
+        return ResidualVQ(16, k, 2, decay=0.99, dead_code_threshold=1e-3, channels_first=True), 16
     if name == "FSQ":
-        return FSQ([8, 8, 8, 5, 5, 5], channels_first=True), 6
+        levels = FSQ_LEVELS[bits]
+        return FSQ(levels, channels_first=True), len(levels)
     if name == "LFQ":
-        return LFQ(1 << 16, entropy_weight=0.1, commitment_weight=0.025, channels_first=True), 16
+        return LFQ(1 << bits, entropy_weight=0.1, commitment_weight=0.025, channels_first=True), bits
     if name == "BSQ":
-        return BSQ(1 << 16, entropy_weight=0.1, channels_first=True), 16
+        return BSQ(1 << bits, entropy_weight=0.1, channels_first=True), bits
+    if name == "LQ":  # 4 learnable values per dimension: 2 bits a dimension
+        return LatentQuantize(4, dim=bits // 2, quantization_weight=0.1, commitment_weight=0.1,
+                              channels_first=True), bits // 2  # fmt: skip
     if name == "GQ":
-        return GaussianQuant(16, 1 << 16, group=16, channels_first=True), 16
-    raise ValueError(name)
+        return GaussianQuant(GQ_CHANNELS, 1 << bits, group=GQ_CHANNELS, channels_first=True), GQ_CHANNELS
+    raise ValueError(f"unknown quantizer {name!r}; choose from {QUANTIZERS}")
 
 
-def train_model(name: str, crops: Crops, steps: int, batch: int) -> tuple[nn.Module, nn.Module, nn.Module, float]:
-    torch.manual_seed(0)
-    quant, ch = make_quantizer(name)
-    enc = Encoder(2 * ch if name == "GQ" else ch)
-    dec = Decoder(ch)
-    params = list(enc.parameters()) + list(dec.parameters()) + list(quant.parameters())
+# ----------------------------------------------------------------------------- training
+def gq_vae_loss(rec: torch.Tensor, x: torch.Tensor, kl_loss: torch.Tensor) -> torch.Tensor:
+    """Gaussian VAE loss in bits per pixel: -log2 p(x|z) with sigma SIGMA_X plus 0.1 x the TDC term."""
+    nll = F.mse_loss(rec, x, reduction="sum") / x.shape[0] / (2 * SIGMA_X**2) * math.log2(math.e)
+    return (nll + 0.1 * kl_loss) / x[0].numel()
+
+
+def train_model(name: str, bits: int, data, steps: int, batch: int, seed: int) -> dict:
+    """Train encoder, decoder and quantizer (for GQ: the TDC VAE); returns the modules and seconds."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(1000 + seed)
+    quant, ch = make_quantizer(name, bits)
+    enc = Encoder(2 * ch if name == "GQ" else ch, data.downsamples)
+    dec = Decoder(ch, data.downsamples)
+    params = [*enc.parameters(), *dec.parameters(), *quant.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.05)
-    quant.train()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=max(0.05, 3 / steps))
+    enc.train(), dec.train(), quant.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"train {name}", leave=False, mininterval=2.0)
-    for _ in bar:
-        x = crops.sample(batch)
+    for _ in range(steps):
+        x = data.sample(batch, g)
         if name == "GQ":
             mu, logvar = enc(x).chunk(2, dim=1)
             z = mu + torch.randn_like(mu) * (0.5 * logvar.clamp(-30, 20)).exp()
-            rec = dec(z)
-            kl_loss, stats = quant.tdc_loss(mu, logvar)
-            # Gaussian likelihood in bits with sigma_x = 0.15 (sum over pixels, per image) + 0.1 x TDC (bits)
-            loss = F.mse_loss(rec, x, reduction="sum") / x.shape[0] / (2 * 0.15**2) * math.log2(math.e)
-            loss = (loss + 0.1 * kl_loss) / (PATCH * PATCH)
-            bar.set_postfix(bits=f"{stats['bits_mean']:.1f}", band=f"{stats['in_band']:.2f}", refresh=False)
+            kl_loss, _ = quant.tdc_loss(mu, logvar)
+            loss = gq_vae_loss(dec(z), x, kl_loss)
         else:
             q, _, losses = quant(enc(x))
-            rec = dec(q)
-            loss = F.mse_loss(rec, x) + sum(losses.values())
+            loss = F.mse_loss(dec(q), x) + sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-    return enc, dec, quant, time.perf_counter() - t0
+    return {"enc": enc.eval(), "dec": dec.eval(), "quant": quant.eval(), "train_s": time.perf_counter() - t0}
 
 
 @torch.no_grad()
-def reconstruct(name: str, enc: nn.Module, dec: nn.Module, quant: nn.Module, x: torch.Tensor, mode: str = "q"):
+def reconstruct(name: str, m: dict, x: torch.Tensor, mode: str = "q") -> torch.Tensor:
+    """Decode x through the quantizer (mode 'q'); for GQ also the posterior 'mean' or a 'sample'."""
     out = []
-    for s in range(0, x.shape[0], 512):
-        h = enc(x[s : s + 512])
+    for s in range(0, x.shape[0], 1024):
+        h = m["enc"](x[s : s + 1024])
         if name == "GQ":
             mu, logvar = h.chunk(2, dim=1)
             if mode == "mean":
@@ -181,224 +248,233 @@ def reconstruct(name: str, enc: nn.Module, dec: nn.Module, quant: nn.Module, x: 
             elif mode == "sample":
                 z = mu + torch.randn_like(mu) * (0.5 * logvar.clamp(-30, 20)).exp()
             else:
-                z = quant(mu, logvar)[0]
+                z = m["quant"](mu, logvar)[0]
         else:
-            z = quant(h)[0]
-        out.append(dec(z).clamp(0, 1))
+            z = m["quant"](h)[0]
+        out.append(m["dec"](z).clamp(0, 1))
     return torch.cat(out)
 
 
-def evaluate(name, enc, dec, quant, test, usage_crops: torch.Tensor, mode: str = "q") -> dict:
+def quality(name: str, m: dict, data, mode: str = "q") -> tuple[float, float, np.ndarray]:
+    """PSNR (mean over test images of per-image PSNR; digits: over the whole test set), mean SSIM."""
     from skimage.metrics import structural_similarity
 
-    enc.eval(), dec.eval(), quant.eval()
-    psnrs, ssims, recs = [], [], []
-    for patches, hw in test:
-        rec = untile(reconstruct(name, enc, dec, quant, patches, mode), hw)
-        ref = untile(patches, hw)
-        psnrs.append(10 * math.log10(1.0 / float(np.mean((rec - ref) ** 2))))
-        ssims.append(float(structural_similarity(ref, rec, data_range=1.0)))
-        recs.append(rec)
-    res = {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "recs": recs}
-    if mode == "q":
-        quant.reset_usage()
-        reconstruct(name, enc, dec, quant, usage_crops)
-        u = quant.codebook_usage()
-        res.update(usage=u["used_fraction"], perplexity=u["perplexity"], usage_tokens=u["tokens"])
-    return res
+    psnrs, ssims, first = [], [], None
+    for x, hw in data.test_sets():
+        recs, refs = data.assemble(reconstruct(name, m, x, mode), hw), data.assemble(x, hw)
+        mse = float(np.mean([np.mean((r - t) ** 2) for r, t in zip(recs, refs, strict=True)]))
+        psnrs.append(10 * math.log10(1.0 / mse))
+        ssims += [
+            float(structural_similarity(t, r, data_range=1.0, win_size=7)) for r, t in zip(recs, refs, strict=True)
+        ]
+        first = recs[0] if first is None else first
+    return float(np.mean(psnrs)), float(np.mean(ssims)), first
 
 
-# ----------------------------------------------------------------------------- speed
-def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> float:
-    xx = x.clone().requires_grad_()
-    t0 = time.perf_counter()
-    out = module(xx)
-    if isinstance(out, tuple) and len(out) == 2:  # peer FSQ returns (quantized, indices)
-        q, aux = out[0], 0.0
-    else:
-        q, aux = out[0], out[2]
-    loss = q.square().mean() + (sum(aux.values()) if isinstance(aux, dict) else aux)
-    loss.backward()
-    return time.perf_counter() - t0
+@torch.no_grad()
+def usage(name: str, m: dict, data, tokens: int, seed: int) -> dict:
+    """Code usage over about ``tokens`` training tokens (fewer if the data is smaller), with the uniform cap."""
+    quant = m["quant"]
+    x = data.usage_pool(tokens, torch.Generator().manual_seed(5000 + seed))
+    quant.reset_usage()
+    for s in range(0, x.shape[0], 1024):
+        h = m["enc"](x[s : s + 1024])
+        if name == "GQ":
+            quant(*h.chunk(2, dim=1))
+        else:
+            quant(h)
+    u = quant.codebook_usage()
+    # per-head codebook size: ResidualVQ stages and LatentQuantize dimensions are averaged per head
+    k = u["max_perplexity"]
+    tokens = u["tokens"]
+    return {"usage": u["used_fraction"], "perplexity": u["perplexity"], "usage_tokens": tokens,
+            "usage_cap": 1 - math.exp(-tokens / k), "head_codes": k}  # fmt: skip
 
 
-def speed(repeats: int) -> dict:
-    import vector_quantize_pytorch as peer
-
-    torch.manual_seed(0)
-    n = (16, 1024)
-    cases = {
-        "VectorQuantize dim256 K1024": (
-            lambda: VectorQuantize(256, 1024, gradient="rotation", commitment_weight=1.0, decay=0.8),
-            lambda: peer.VectorQuantize(dim=256, codebook_size=1024),  # EMA + rotation trick by default
-            torch.randn(*n, 256),
-        ),
-        "LFQ K2^10": (
-            lambda: LFQ(1 << 10, entropy_weight=0.1, commitment_weight=0.25),
-            lambda: peer.LFQ(dim=10, codebook_size=1 << 10, entropy_loss_weight=0.1, commitment_loss_weight=0.25),
-            torch.randn(*n, 10),
-        ),
-        "LFQ K2^10 exact codebook entropy": (
-            lambda: LFQ(1 << 10, entropy_weight=0.1, commitment_weight=0.25, entropy_group_bits=10),
-            lambda: peer.LFQ(dim=10, codebook_size=1 << 10, entropy_loss_weight=0.1, commitment_loss_weight=0.25),
-            torch.randn(*n, 10),
-        ),
-        "BSQ K2^10": (
-            lambda: BSQ(1 << 10, entropy_weight=0.1, commitment_weight=0.25),
-            lambda: peer.LFQ(
-                dim=10, codebook_size=1 << 10, spherical=True, entropy_loss_weight=0.1, commitment_loss_weight=0.25
-            ),
-            torch.randn(*n, 10),
-        ),
-        "FSQ [8,5,5,5]": (lambda: FSQ([8, 5, 5, 5]), lambda: peer.FSQ(levels=[8, 5, 5, 5]), torch.randn(*n, 4)),
-    }
-    results = {}
-    for label, (ours_f, peer_f, x) in tqdm(cases.items(), desc="speed", leave=False):
-        ours, theirs = ours_f().train(), peer_f().train()
-        _fwd_bwd(ours, x), _fwd_bwd(theirs, x)  # warm-up
-        a, b = [], []
-        for _ in range(repeats):  # interleaved
-            a.append(_fwd_bwd(ours, x))
-            b.append(_fwd_bwd(theirs, x))
-        ma, mb = statistics.median(a), statistics.median(b)
-        results[label] = {"ours_ms": 1e3 * ma, "peer_ms": 1e3 * mb, "speedup": mb / ma}
-    return results
+def run_one(name: str, bits: int, data, steps: int, batch: int, seed: int, usage_tokens: int) -> dict:
+    """Train and evaluate one (quantizer, rate, seed) cell."""
+    m = train_model(name, bits, data, steps, batch, seed)
+    psnr, ssim, rec = quality(name, m, data)
+    row = {"dataset": data.name, "quantizer": name, "bits": bits, "seed": seed, "psnr": psnr, "ssim": ssim,
+           "train_s": m["train_s"], "rec": rec}  # fmt: skip
+    row.update(usage(name, m, data, usage_tokens, seed))
+    if name == "GQ":
+        row["vae_mean_psnr"] = quality(name, m, data, "mean")[0]
+        m["quant"].selection = "nearest"  # diagnostic: code nearest to the posterior mean
+        row["gq_nearest_psnr"] = quality(name, m, data)[0]
+        m["quant"].selection = "importance"
+        torch.manual_seed(seed)
+        row["vae_sample_psnr"] = quality(name, m, data, "sample")[0]
+        with torch.no_grad():
+            mu, lv = m["enc"](data.sample(1024, torch.Generator().manual_seed(7))).chunk(2, dim=1)
+            kl = m["quant"].tdc.group_kl_bits(mu, lv)
+        row["kl_bits_mean"] = float(kl.mean())
+        row["kl_bits_q05_q50_q95"] = kl.flatten().quantile(torch.tensor([0.05, 0.5, 0.95])).tolist()
+        row["kl_in_band"] = float(((kl - bits).abs() <= 0.5).float().mean())
+        row["kl_above_band"] = float((kl > bits + 0.5).float().mean())
+    return row
 
 
-# ----------------------------------------------------------------------------- memory
-MEM_SNIPPET = r"""
-import resource, sys, time, torch
-torch.manual_seed(0)
-which, bits, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-x = torch.randn(16, 1024, bits, requires_grad=True)
-if which == "ours":
-    from lowbit.latent import LFQ
-    kw = {"entropy_group_bits": bits} if extra == "exact" else {}
-    m = LFQ(1 << bits, entropy_weight=0.1, commitment_weight=0.25, **kw).train()
-else:
-    import vector_quantize_pytorch as peer
-    m = peer.LFQ(dim=bits, codebook_size=1 << bits, entropy_loss_weight=0.1, commitment_loss_weight=0.25).train()
-m(x.detach().clone()[:1, :8].requires_grad_())  # warm-up on a tiny input: imports and allocator
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
-out = m(x)
-loss = out[0].square().mean() + (sum(out[2].values()) if isinstance(out[2], dict) else out[2])
-loss.backward()
-dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base / 1024, peak / 1024, dt)
-"""
+# ----------------------------------------------------------------------------- report
+def summarise(rows: list[dict]) -> dict:
+    """Mean and spread (sample std over seeds) per (dataset, bits, quantizer)."""
+    keys = ["psnr", "ssim", "usage", "perplexity", "usage_cap", "usage_tokens", "train_s", "vae_mean_psnr",
+            "vae_sample_psnr", "gq_nearest_psnr", "kl_bits_mean", "kl_in_band", "kl_above_band"]  # fmt: skip
+    out: dict = {}
+    for r in rows:
+        out.setdefault(f"{r['dataset']}/{r['bits']}/{r['quantizer']}", []).append(r)
+    summary = {}
+    for cell, rs in out.items():
+        s = {"seeds": len(rs)}
+        for k in keys:
+            vals = [r[k] for r in rs if k in r]
+            if vals:
+                s[k] = statistics.mean(vals)
+                s[k + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        summary[cell] = s
+    return summary
 
 
-def memory(which: str, bits: int, extra: str = "") -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    r = subprocess.run(
-        [sys.executable, "-c", MEM_SNIPPET, which, str(bits), extra or "-"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    if r.returncode != 0:
-        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr else f"exit {r.returncode}"}
-    base, peak, dt = (float(v) for v in r.stdout.split())
-    return {"baseline_mb": base, "peak_rss_mb": peak, "delta_mb": peak - base, "seconds": dt}
+def table(summary: dict, dataset: str) -> str:
+    """Markdown table for one dataset: one row per (bits, quantizer)."""
+    lines = [
+        f"#### {dataset}",
+        "| bits | quantizer | PSNR dB | SSIM | usage | cap | perplexity | tokens | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell, s in summary.items():
+        ds, bits, q = cell.split("/")
+        if ds != dataset:
+            continue
+        lines.append(
+            f"| {bits} | {q} | {s['psnr']:.2f} +- {s['psnr_sd']:.2f} | {s['ssim']:.3f} +- {s['ssim_sd']:.3f} "
+            f"| {100 * s['usage']:.1f}% +- {100 * s['usage_sd']:.1f} | {100 * s['usage_cap']:.1f}% "
+            f"| {s['perplexity']:,.0f} | {s['usage_tokens']:,.0f} | {s['train_s']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- plot
-def plot(results: dict, test_images: list[np.ndarray], path: Path) -> None:
+def plot(rows: list[dict], summary: dict, data: Patches, path: Path) -> None:
+    """Reconstructions of a held-out crop at 16 bits (first seed) and PSNR against rate per dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
-    fig, axes = plt.subplots(1, len(names) + 2, figsize=(2.6 * (len(names) + 2), 3.2))
-    ref = test_images[0]
+    top = max(r["bits"] for r in rows)
+    recs = {
+        r["quantizer"]: r
+        for r in rows
+        if r["dataset"] == "patches" and r["bits"] == top and r["seed"] == rows[0]["seed"]
+    }
+    datasets = sorted({r["dataset"] for r in rows})
+    ncols = max(len(recs) + 1, len(datasets))
+    fig, axes = plt.subplots(2, ncols, figsize=(2.4 * ncols, 5.6), squeeze=False)
     crop = (slice(96, 288), slice(160, 352))
-    axes[0].imshow(ref[crop], cmap="gray", vmin=0, vmax=1)
-    axes[0].set_title("original")
-    for ax, n in zip(axes[1 : len(names) + 1], names, strict=True):
-        ax.imshow(results[n]["recs"][0][crop], cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{n}\n{results[n]['psnr']:.2f} dB")
-    axes[-1].bar(names, [results[n]["psnr"] for n in names], color="tab:blue")
-    axes[-1].set_ylim(min(results[n]["psnr"] for n in names) - 2, max(results[n]["psnr"] for n in names) + 1)
-    axes[-1].set_title("PSNR (dB), 16 bits/token")
-    axes[-1].tick_params(axis="x", rotation=45)
-    for ax in axes[:-1]:
+    if recs:
+        axes[0, 0].imshow(data.test_images[0][crop], cmap="gray", vmin=0, vmax=1)
+        axes[0, 0].set_title("original")
+    for ax, (q, r) in zip(axes[0, 1:], recs.items(), strict=False):
+        ax.imshow(r["rec"][crop], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{q} {top} bits\n{r['psnr']:.2f} dB", fontsize=9)
+    for ax in axes[0]:
+        ax.axis("off")
+    for ax, ds in zip(axes[1], datasets, strict=False):
+        for q in dict.fromkeys(r["quantizer"] for r in rows):
+            pts = [
+                (int(c.split("/")[1]), s) for c, s in summary.items() if c.startswith(f"{ds}/") and c.endswith(f"/{q}")
+            ]
+            pts.sort(key=lambda p: p[0])
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1]["psnr"] for p in pts], [p[1]["psnr_sd"] for p in pts],
+                            label=q, marker="o", capsize=3)  # fmt: skip
+        ax.set_title(f"{ds}: PSNR vs bits/token")
+        ax.set_xlabel("bits per token")
+        ax.set_xticks(sorted({r["bits"] for r in rows}))
+        ax.legend(fontsize=7)
+    for ax in axes[1, len(datasets) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
 
 
 # ----------------------------------------------------------------------------- main
 def main() -> None:
+    """Run quality (all rates, quantizers, seeds), then speed and memory; print the headline JSON line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="short training and fewer timing repeats")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--quick", action="store_true", help="one seed, short training, fewer timing repeats")
+    ap.add_argument("--steps", type=int, default=None, help=f"training steps (default {STEPS})")
+    ap.add_argument("--batch", type=int, default=None, help=f"batch size (default {BATCH})")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick 1)")
+    ap.add_argument("--rates", default=None, help="bits per token (default 8,12,16; --quick 8,16)")
+    ap.add_argument("--datasets", default="patches,digits")
+    ap.add_argument("--quantizers", default=",".join(QUANTIZERS))
+    ap.add_argument("--usage-factor", type=float, default=8.0, help="usage over this many x K tokens ...")
+    ap.add_argument("--usage-max", type=int, default=1 << 16, help="... but at most this many (cost: tokens x K)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: quality,speed,memory")
-    ap.add_argument("--quantizers", default="VQ,FSQ,LFQ,BSQ,GQ", help="comma list for the quality part")
-    ap.add_argument("--plot", default=str(ROOT / "docs" / "latent_benchmark.png"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "latent_tokenizers.png"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "latent_tokenizers.json"))
     args = ap.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # training runs on one thread (small convs; on a shared machine idle OpenMP threads spin); timings on two
+    torch.set_num_threads(1)
     skip = set(filter(None, args.skip.split(",")))
-    steps = args.steps or (100 if args.quick else 400)
-    headline: dict = {"steps": steps, "quick": args.quick}
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    rates = [int(r) for r in (args.rates or ("8,16" if args.quick else "8,12,16")).split(",")]
+    headline: dict = {"quick": args.quick, "seeds": len(seeds)}
+    report: dict = {"args": vars(args)}
 
     if "quality" not in skip:
-        crops = Crops([load_gray(n) for n in TRAIN_IMAGES], seed=0)
-        test_imgs = [load_gray(n) for n in TEST_IMAGES]
-        test = [tile(im) for im in test_imgs]
-        usage_crops = Crops([load_gray(n) for n in TRAIN_IMAGES], seed=1).sample(3000 if args.quick else 12000)
-        results = {}
-        for name in tqdm(args.quantizers.split(","), desc="quality"):
-            enc, dec, quant, secs = train_model(name, crops, steps, args.batch)
-            t0 = time.perf_counter()
-            res = evaluate(name, enc, dec, quant, test, usage_crops)
-            res.update(train_s=secs, eval_s=time.perf_counter() - t0)
-            if name == "GQ":
-                res["vae_mean_psnr"] = evaluate(name, enc, dec, quant, test, usage_crops, "mean")["psnr"]
-                res["vae_sample_psnr"] = evaluate(name, enc, dec, quant, test, usage_crops, "sample")["psnr"]
-                with torch.no_grad():
-                    mu, lv = enc(crops.sample(512)).chunk(2, dim=1)
-                    bits = quant.tdc.group_kl_bits(mu, lv)
-                res["kl_bits_mean"] = float(bits.mean())
-                res["kl_bits_in_band"] = float(((bits - 16).abs() <= 0.5).float().mean())
-            results[name] = res
-            row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items() if k != "recs"}
-            tqdm.write(f"{name}: {row}")
-        n_tok = next(iter(results.values()))["usage_tokens"]
-        cap = 1 - math.exp(-n_tok / 65536)
-        tqdm.write(f"usage over {n_tok} tokens; a uniform code over K=65536 would reach {cap:.3f}")
-        headline["usage_uniform_cap_k65536"] = round(cap, 3)
-        headline["psnr_16bit"] = {n: round(r["psnr"], 2) for n, r in results.items()}
-        headline["ssim_16bit"] = {n: round(r["ssim"], 4) for n, r in results.items()}
-        headline["usage_16bit"] = {n: round(r["usage"], 4) for n, r in results.items()}
-        if "GQ" in results:
-            headline["gq_vae_mean_psnr"] = round(results["GQ"]["vae_mean_psnr"], 2)
-            headline["gq_vae_sample_psnr"] = round(results["GQ"]["vae_sample_psnr"], 2)
-            headline["gq_kl_bits_mean"] = round(results["GQ"]["kl_bits_mean"], 2)
-            headline["gq_kl_bits_in_band"] = round(results["GQ"]["kl_bits_in_band"], 3)
-        if args.plot:
+        rows: list[dict] = []
+        sets = {"patches": Patches, "digits": Digits}
+        loaded = {n: sets[n]() for n in args.datasets.split(",")}
+        for data in loaded.values():
+            steps = args.steps or (20 if args.quick else STEPS[data.name])
+            batch = args.batch or BATCH[data.name]
+            for bits in rates:
+                tokens = min(int(args.usage_factor * (1 << bits)), args.usage_max // (4 if args.quick else 1))
+                for q in args.quantizers.split(","):
+                    for seed in seeds:
+                        row = run_one(q, bits, data, steps, batch, seed, tokens)
+                        row["steps"], row["batch"] = steps, batch
+                        rows.append(row)
+                        brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "rec"}
+                        print(json.dumps(brief), file=sys.stderr, flush=True)
+        summary = summarise(rows)
+        for ds in loaded:
+            print(table(summary, ds), file=sys.stderr)
+        report["rows"] = [{k: v for k, v in r.items() if k != "rec"} for r in rows]
+        report["summary"] = summary
+        top = max(rates)
+        for ds in loaded:
+            headline[f"psnr_{top}bit_{ds}"] = {
+                c.split("/")[2]: round(s["psnr"], 2) for c, s in summary.items() if c.startswith(f"{ds}/{top}/")
+            }
+        headline[f"usage_{top}bit_patches"] = {
+            c.split("/")[2]: [round(s["usage"], 4), round(s["usage_cap"], 4)]
+            for c, s in summary.items() if c.startswith(f"patches/{top}/")
+        }  # fmt: skip
+        if args.plot and "patches" in loaded:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-            plot(results, test_imgs, Path(args.plot))
+            plot(rows, summary, loaded["patches"], Path(args.plot))
 
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
     if "speed" not in skip:
-        sp = speed(3 if args.quick else 7)
-        for k, v in sp.items():
-            tqdm.write(f"speed {k}: ours {v['ours_ms']:.1f} ms, peer {v['peer_ms']:.1f} ms, x{v['speedup']:.2f}")
-        headline["speedup_vs_vqp"] = {k: round(v["speedup"], 2) for k, v in sp.items()}
-        headline["speed_ms"] = {k: [round(v["ours_ms"], 1), round(v["peer_ms"], 1)] for k, v in sp.items()}
-
+        sp = latent_speed.speed(3 if args.quick else 7)
+        report["speed"] = sp
+        headline["speedup_vs_vqp"] = {k: round(v["speedup"], 2) for k, v in sp.items() if v["speedup"]}
+        headline["speed_ms"] = {
+            k: [round(v["ours_ms"], 2), None if v["peer_ms"] is None else round(v["peer_ms"], 2)] for k, v in sp.items()
+        }
     if "memory" not in skip:
-        mem = {"ours LFQ 2^16": memory("ours", 16)}
-        if not args.quick:
-            mem["ours LFQ 2^16 exact entropy"] = memory("ours", 16, "exact")
-        mem["peer LFQ 2^10"] = memory("peer", 10)
-        mem["peer LFQ 2^12"] = memory("peer", 12)
-        for k, v in mem.items():
-            tqdm.write(f"memory {k}: {v}")
-        headline["lfq_2e16_peak_rss_mb"] = round(mem["ours LFQ 2^16"].get("peak_rss_mb", float("nan")), 1)
-        headline["lfq_2e16_delta_mb"] = round(mem["ours LFQ 2^16"].get("delta_mb", float("nan")), 1)
-        headline["memory_delta_mb"] = {k: round(v.get("delta_mb", float("nan")), 1) for k, v in mem.items()}
+        mem = latent_speed.memory_all(args.quick)
+        report["memory"] = mem
+        headline["lfq_2e16_peak_rss_mb"] = round(float(mem["ours LFQ 2^16"].get("peak_rss_mb", float("nan"))), 1)
+        headline["memory_peak_rss_mb"] = {
+            k: round(float(v.get("peak_rss_mb", float("nan"))), 1) for k, v in mem.items()
+        }
+    if args.out and not args.quick:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1, default=float))
     print(json.dumps(headline))
 
 

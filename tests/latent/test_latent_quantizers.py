@@ -283,6 +283,20 @@ def test_vq_dead_code_replacement_raises_usage() -> None:
     assert usage(1.0) > 0.9 > usage(0.0)
 
 
+def test_vq_dead_codes_revive_when_codes_outnumber_tokens() -> None:
+    torch.manual_seed(0)
+    data = torch.randn(50_000, 4) + 10.0  # every code of the N(0, 1) initial codebook starts dead
+    q = VectorQuantize(4, 1024, decay=0.9, dead_code_threshold=1e-2).train()
+    q(data[:128])
+    new = q.embed[q.hits_ema == 2e-2]  # the codes replaced in that step: 128 distinct batch vectors
+    assert q.replaced == 128 and new.shape[0] == 128 and torch.unique(new, dim=0).shape[0] == 128
+    for _ in range(60):
+        q(data[torch.randint(len(data), (128,))])
+    q.eval().reset_usage()
+    q(data[: 16 * 1024])
+    assert q.codebook_usage()["used_fraction"] > 0.9 and q.replaced >= 1024
+
+
 def test_vq_kmeans_init() -> None:
     torch.manual_seed(0)
     data = torch.cat([torch.randn(200, 2) * 0.01 + torch.tensor(c) for c in ([5.0, 5.0], [-5.0, 5.0], [0.0, -5.0])])

@@ -143,7 +143,7 @@ class GaussianQuant(LatentQuantizer):
         tolerance: float = 0.5,
         channels_first: bool = False,
         track_usage: bool = True,
-        chunk: int = 1 << 21,
+        chunk: int = 1 << 23,
     ) -> None:
         if not isinstance(group, int) or group < 1 or dim % group != 0:
             raise ValueError(

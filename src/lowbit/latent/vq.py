@@ -13,10 +13,10 @@ from .common import LatentQuantizer
 __all__ = ["VectorQuantize", "ResidualVQ", "kmeans"]
 
 
-def _assign(z: Tensor, codebook: Tensor, cosine: bool, chunk: int = 1 << 21) -> Tensor:
+def _assign(z: Tensor, codebook: Tensor, cosine: bool, chunk: int = 1 << 23) -> Tensor:
     """Index of the nearest code for each row of z (Euclidean, or max dot product for unit vectors)."""
     n, k = z.shape[0], codebook.shape[0]
-    rows = max(1, chunk // max(k, 1))  # tokens x codes block sized to stay in cache
+    rows = max(1, chunk // max(k, 1))  # tokens x codes score block of ~8M floats (32 MB)
     out = torch.empty(n, dtype=torch.long, device=z.device)
     if cosine:
         lhs, rhs = z, codebook.t()
@@ -122,6 +122,7 @@ class VectorQuantize(LatentQuantizer):
         # EMA of per-step hits from zero: a code is dead while this stays below dead_code_threshold
         self.register_buffer("hits_ema", torch.zeros(codebook_size))
         self.register_buffer("initted", torch.tensor(not kmeans_init))
+        self.replaced = 0  # codes replaced by dead-code replacement so far (statistics, not state)
 
     # ----------------------------------------------------------------- codebook maintenance
     @torch.no_grad()
@@ -151,13 +152,16 @@ class VectorQuantize(LatentQuantizer):
 
     @torch.no_grad()
     def _replace_dead(self, z: Tensor) -> None:
-        dead = self.hits_ema < self.dead_code_threshold
-        n_dead = int(dead.sum())
-        if n_dead == 0:
+        dead = (self.hits_ema < self.dead_code_threshold).nonzero().squeeze(1)
+        if dead.numel() == 0:
             return
-        pick = torch.randint(z.shape[0], (n_dead,), device=z.device)
-        # Batch vectors plus a little noise, so that codes replaced by the same vector can split its cluster.
-        new = z[pick] + 1e-3 * z.std(dim=0) * torch.randn(n_dead, z.shape[1], device=z.device, dtype=z.dtype)
+        # One distinct batch vector per replaced code: with more dead codes than tokens, a random subset is
+        # replaced now and the rest in later steps (copies of one vector would split one cluster and die again).
+        n = min(dead.numel(), z.shape[0])
+        if n < dead.numel():
+            dead = dead[torch.randperm(dead.numel(), device=z.device)[:n]]
+        pick = torch.randperm(z.shape[0], device=z.device)[:n]
+        new = z[pick] + 1e-3 * z.std(dim=0) * torch.randn(n, z.shape[1], device=z.device, dtype=z.dtype)
         if self.cosine:
             new = F.normalize(new, dim=-1)
         self.embed.data[dead] = new
@@ -166,6 +170,7 @@ class VectorQuantize(LatentQuantizer):
         self.cluster_size[dead] = 1.0
         if self.ema:
             self.embed_avg[dead] = new
+        self.replaced += n
 
     # ----------------------------------------------------------------- quantization
     def _project(self, z: Tensor) -> Tensor:
