@@ -5,8 +5,10 @@ Usage: python benchmarks/decode_speed.py [--big DIR] [--big-w4 DIR] [--rounds 5]
 
 Models: the bundled demo (6.8M Llama) and a ~1.1B Llama-shaped model with random weights (built with
 benchmarks/random_llama.py when --big is not given; quantized with RTN W4 g128 when --big-w4 is not given).
-Variants: fp32 and bf16 dense; W4 g128 through our C kernel (bf16 activations; on the big model also through
-PyTorch's int4 kernel, "w4-int4pack"); on the demo also W8 g128, W3 g128 and W2 g64 (our C kernel).
+Variants: fp32 and bf16 dense; W4 g128 through our exact C kernel ("w4g128", bf16 activations), through the
+int8-activation VNNI kernel ("w4-int8", kernel c-int8, not exact) and, on the big model, through PyTorch's int4
+kernel ("w4-int4pack"); on the demo also W8 g128, W3 g128 and W2 g64 (exact C kernel). Every variant runs
+through lowbit's lean decoder (models/lean.py; `--engine transformers` to time transformers' forward instead).
 Every round runs every variant once (same prompt ids, greedy, no early stop); figures are medians over
 rounds, ratios are against the fp32 / bf16 model measured in the same rounds.
 With --llamacpp-python (a Python that has llama_cpp) and GGUF files of the big model, llama.cpp runs in a
@@ -30,6 +32,7 @@ import torch  # noqa: E402
 
 from lowbit import api  # noqa: E402
 from lowbit.export.checkpoint import load_with_tokenizer  # noqa: E402
+from lowbit.kernels.qlinear import set_kernel  # noqa: E402
 from lowbit.models.generate import generate, warm_up  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,7 +83,7 @@ class LlamaCpp:
         self.proc.wait()
 
 
-def bench(variants: dict, ids: list[int], new: int, rounds: int) -> dict:
+def bench(variants: dict, ids: list[int], new: int, rounds: int, engine: str = "auto") -> dict:
     """Interleaved rounds over the variants; median prefill and decode tokens/s of each."""
     got: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in variants}
     for r in range(rounds):
@@ -88,7 +91,7 @@ def bench(variants: dict, ids: list[int], new: int, rounds: int) -> dict:
             if isinstance(v, LlamaCpp):
                 p, d = v.run(ids, new)
             else:
-                g = generate(v.model, v.tokenizer, ids, new, stop_at_eos=False)
+                g = generate(v.model, v.tokenizer, ids, new, stop_at_eos=False, engine=engine)
                 p, d = g.prefill_tokens_per_s, g.decode_tokens_per_s
             got[name]["prefill"].append(p)
             got[name]["decode"].append(d)
@@ -97,19 +100,23 @@ def bench(variants: dict, ids: list[int], new: int, rounds: int) -> dict:
     return {k: {m: statistics.median(v[m]) for m in v} for k, v in got.items()}
 
 
-def run_set(label: str, dirs: dict[str, str], ids: list[int], new: int, rounds: int, extra: dict) -> dict:
+KERNEL_OF = {"w4-int4pack": "int4pack", "w4-int8": "c-int8"}
+
+
+def run_set(label: str, dirs: dict[str, str], ids: list[int], new: int, rounds: int, extra: dict,
+            engine: str) -> dict:
     """Load every variant of one model, time them, and print a table with ratios."""
     variants = {}
     for name, d in dirs.items():
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
         variants[name] = load_with_tokenizer(d, dtype)
-        os.environ["LOWBIT_QLINEAR"] = "int4pack" if name.endswith("int4pack") else "auto"
+        set_kernel(variants[name].model, KERNEL_OF.get(name, "auto"))
         warm_up(variants[name].model)  # the packed kernels are chosen here
-    os.environ.pop("LOWBIT_QLINEAR")
     sizes = {k: model_bytes(v.model) for k, v in variants.items()}
     variants.update(extra)
-    med = bench(variants, ids, new, rounds)
-    print(f"\n{label}: prompt {len(ids)} tokens, {new} new, {rounds} rounds, {torch.get_num_threads()} threads")
+    med = bench(variants, ids, new, rounds, engine)
+    print(f"\n{label}: prompt {len(ids)} tokens, {new} new, {rounds} rounds, {torch.get_num_threads()} threads, "
+          f"{engine} engine")
     print(f"{'variant':>10}{'MB':>9}{'prefill tok/s':>15}{'decode tok/s':>14}{'dec/fp32':>10}{'dec/bf16':>10}"
           f"{'pre/bf16':>10}")
     for k, m in med.items():
@@ -135,6 +142,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--engine", default="auto", choices=["auto", "lean", "transformers"])
     ap.add_argument("--llamacpp-python", help="python executable with llama_cpp installed")
     ap.add_argument("--gguf-q4_0", help="GGUF Q4_0 file of the big model (for llama.cpp)")
     ap.add_argument("--gguf-q4_k", help="GGUF Q4_K file of the big model (for llama.cpp)")
@@ -143,12 +151,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-decode-"))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 4096, (a.prompt_tokens,), generator=gen).tolist()
-    res: dict = {"threads": a.threads, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens}
+    res: dict = {"threads": a.threads, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
+                 "engine": a.engine}
     if not a.skip_demo:
-        demo = {"fp32": "demo", "bf16": "demo", "w4g128": quantized("demo", tmp, "w4", 4, 128),
+        w4 = quantized("demo", tmp, "w4", 4, 128)
+        demo = {"fp32": "demo", "bf16": "demo", "w4g128": w4, "w4-int8": w4,
                 "w8g128": quantized("demo", tmp, "w8", 8, 128), "w3g128": quantized("demo", tmp, "w3", 3, 128),
                 "w2g64": quantized("demo", tmp, "w2", 2, 64)}
-        res["demo"] = run_set("demo (6.8M Llama)", demo, ids, a.new_tokens, a.rounds, {})
+        res["demo"] = run_set("demo (6.8M Llama)", demo, ids, a.new_tokens, a.rounds, {}, a.engine)
     big = a.big
     if big is None:
         big = str(tmp / "big")
@@ -161,8 +171,8 @@ def main() -> None:
                 extra[key] = LlamaCpp(a.llamacpp_python, f, a.prompt_tokens + a.new_tokens + 8, a.threads)
     try:
         res["big"] = run_set("~1.1B Llama shape (random weights)", {"fp32": big, "bf16": big, "w4g128": big_w4,
-                                                                      "w4-int4pack": big_w4},
-                             ids, a.new_tokens, a.rounds, extra)
+                                                                      "w4-int8": big_w4, "w4-int4pack": big_w4},
+                             ids, a.new_tokens, a.rounds, extra, a.engine)
     finally:
         for w in extra.values():
             w.close()
@@ -174,9 +184,12 @@ def main() -> None:
             head[f"{s}_w4_decode_vs_bf16"] = m["w4g128"]["decode"] / m["bf16"]["decode"]
             head[f"{s}_w4_prefill_vs_bf16"] = m["w4g128"]["prefill"] / m["bf16"]["prefill"]
             head[f"{s}_w4_decode_tok_s"] = m["w4g128"]["decode"]
+            head[f"{s}_w4int8_decode_vs_fp32"] = m["w4-int8"]["decode"] / m["fp32"]["decode"]
+            head[f"{s}_w4int8_decode_tok_s"] = m["w4-int8"]["decode"]
             for k in ("llamacpp_q4_0", "llamacpp_q4_k"):
                 if k in m:
                     head[f"{s}_w4_decode_vs_{k}"] = m["w4g128"]["decode"] / m[k]["decode"]
+                    head[f"{s}_w4int8_decode_vs_{k}"] = m["w4-int8"]["decode"] / m[k]["decode"]
     print(json.dumps({**head, **res}, default=float))
 
 

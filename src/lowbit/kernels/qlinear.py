@@ -61,10 +61,16 @@ def _get_lib() -> ctypes.CDLL | None:
         lib.lbq_quant_act.argtypes = [p, i32, i64, i64, i32, i64, i64, p, p, p]
         lib.lbq_gemv_i8.argtypes = [p, p, p, i64, i64, p, i64, i64, i32, i64, i64, p, p, i64, p, p, i32]
         lib.lbq_linear_i8.argtypes = [p, i32, i64, i64, p, i64, i64, i32, i64, i64, p, p, i64, p, p, i32, p, p, p, i32]
+        lib.lbq_rmsnorm.argtypes = [p, p, i64, i64, ctypes.c_float, i32, p]
+        lib.lbq_attn1.argtypes = [p, p, p, i64, i64, i64, i64, i64, ctypes.c_float, p, p]
+        lib.lbq_multi.argtypes = [p, i32, p, i32, i64, i32, i64, i64, i32, p, i32, p, i32]
         lib.lbq_has_vnni.argtypes, lib.lbq_has_vnni.restype = [], i32
+        lib.lbq_has_q4bf16.argtypes, lib.lbq_has_q4bf16.restype = [], i32
+        lib.lbq_gemv_q4_bf16.argtypes = [p, i64, i64, p, i64, i64, i64, i64, p, p, i64, p, p, i32, p, p, i32]
         lib.lbq_has_bf16.argtypes, lib.lbq_has_bf16.restype = [], i32
         lib.lbq_gemv_bf16.argtypes = [p, i64, i64, p, i64, p, p, i32]
-        for f in (lib.lbq_gemv_bf16, lib.lbq_linear_i8, lib.lbq_gemm, lib.lbq_dequant, lib.lbq_dequant_int4pack_bf16,
+        for f in (lib.lbq_multi, lib.lbq_rmsnorm, lib.lbq_attn1, lib.lbq_gemv_bf16, lib.lbq_linear_i8,
+                  lib.lbq_gemv_q4_bf16, lib.lbq_gemm, lib.lbq_dequant, lib.lbq_dequant_int4pack_bf16,
                   lib.lbq_quant_act, lib.lbq_gemv_i8):
             f.restype = None
         _lib = lib
@@ -230,6 +236,9 @@ class PackedLinear(nn.Module):
         lib = _get_lib() if want in ("auto", "c", "c-int8") else None
         if lib is not None and (glen % 8 == 0 or groups == 1):
             self._kernel = {"name": "c", "lib": lib, "s": s, "z": z, "per_row": int(s.shape[0] == n)}
+            # 4-bit with bf16 activations: exact bf16 dot products (vdpbf16ps) instead of float unpacking
+            self._kernel["q4bf16"] = bool(spec.bits == 4 and k % 128 == 0 and (k if groups == 1 else glen) % 128 == 0
+                                          and lib.lbq_has_q4bf16())
             gbytes = (k if groups == 1 else glen) * spec.bits // 8
             if (want == "c-int8" and spec.bits in (2, 4, 8) and k % 8 == 0 and k * spec.bits // 8 % 64 == 0
                     and (gbytes % 64 == 0 or gbytes in (16, 32)) and lib.lbq_has_vnni()):
@@ -273,6 +282,8 @@ class PackedLinear(nn.Module):
         if rows > PREFILL_ROWS:
             return nn.functional.linear(x, self._dequant(x.dtype), bias)
         x2 = x.reshape(rows, self.in_features)
+        if name == "c" and kern["q4bf16"] and x.dtype == torch.bfloat16:
+            return self._c_q4_bf16(x2).reshape(*x.shape[:-1], self.out_features)
         if name == "int4pack":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), kern["w4"],
                                                            kern["group"], kern["sz"])
@@ -301,13 +312,27 @@ class PackedLinear(nn.Module):
                      None if bias is None else _ptr(bias), _ptr(xsum), _ptr(y))
         return y
 
+    def _c_q4_bf16(self, x2: torch.Tensor) -> torch.Tensor:
+        """Exact 4-bit decode for bf16 activations (csrc lbq_gemv_q4_bf16)."""
+        kern, k, rows = self._kernel, self.in_features, x2.shape[0]
+        s, z = kern["s"], kern["z"]
+        groups = s.shape[1]
+        bias = self._bias32()
+        xin = x2.contiguous()
+        scratch = _scratch_matrix(1, rows * (2 * k + 4 * groups), torch.int8, "q4")  # permuted x, then sums
+        y = torch.empty(rows, self.out_features, dtype=torch.bfloat16)
+        kern["lib"].lbq_gemv_q4_bf16(_ptr(xin), rows, k, _ptr(self.qweight), self.out_features, self.qweight.shape[1],
+                                     k // groups, groups, _ptr(s), _ptr(z), kern["per_row"],
+                                     None if bias is None else _ptr(bias), _ptr(y), 1, _ptr(scratch),
+                                     _ptr(scratch) + rows * 2 * k, torch.get_num_threads())
+        return y
+
     def _c_int8(self, x2: torch.Tensor) -> torch.Tensor:
         """Decode through the int8-activation kernel; bf16 and fp32 activations are read and written as they are."""
         kern = self._kernel
         if "args" not in kern:  # everything but the activations, fixed once prepared
             s, z, k = kern["s"], kern["z"], self.in_features
-            bias = None if self.bias is None else self.bias.detach().float().contiguous()
-            kern["bias32"] = bias
+            bias = self._bias32()
             kern["args"] = (k, _ptr(self.qweight), self.out_features, self.qweight.shape[1], self.spec.bits,
                             k // s.shape[1], s.shape[1], _ptr(s), _ptr(z), kern["per_row"],
                             None if bias is None else _ptr(bias))
@@ -323,5 +348,69 @@ class PackedLinear(nn.Module):
                                   base + rows * k, base + rows * (k + 4 * groups), torch.get_num_threads())
         return y if y.dtype == x2.dtype else y.to(x2.dtype)
 
+    def _bias32(self) -> torch.Tensor | None:
+        """The bias as fp32, cached with the kernel state."""
+        kern = self._kernel
+        if "bias32" not in kern:
+            kern["bias32"] = None if self.bias is None else self.bias.detach().float().contiguous()
+        return kern["bias32"]
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.spec.describe()}"
+
+
+class FusedLinears:
+    """PackedLinear layers that read the same input (q/k/v, gate/up) run as one kernel call for one row: the
+    activation is quantized or permuted once. `build` returns None where they do not qualify."""
+
+    def __init__(self, layers: list[PackedLinear], mode: int, dtype: torch.dtype) -> None:
+        self.layers, self.mode, self.dtype = layers, mode, dtype
+        self.sizes = [m.out_features for m in layers]
+        first = layers[0]
+        s = first._kernel["s"]
+        self.k, self.groups, self.bits = first.in_features, s.shape[1], first.spec.bits
+        rows, off = [], 0
+        for m in layers:
+            kern, b = m._kernel, m._bias32()
+            rows.append([_ptr(m.qweight), m.out_features, m.qweight.shape[1], _ptr(kern["s"]), _ptr(kern["z"]),
+                         kern["per_row"], 0 if b is None else _ptr(b), off])
+            off += m.out_features
+        self.desc = torch.tensor(rows, dtype=torch.int64)
+        self.total = off
+        self.lib = first._kernel["lib"]
+
+    @classmethod
+    def build(cls, layers: list[nn.Module], dtype: torch.dtype) -> FusedLinears | None:
+        """Fuse `layers` for activations of `dtype` if they are all prepared alike; else None."""
+        if not all(isinstance(m, PackedLinear) for m in layers):
+            return None
+        if any(m._forward_pre_hooks or m._forward_hooks for m in layers):
+            return None
+        for m in layers:
+            if m._kernel is None:
+                m.prepare(dtype)
+        first = layers[0]
+        if first.backend() not in ("c", "c-int8"):
+            return None
+        same = all(m.in_features == first.in_features and m.spec == first.spec
+                   and m.backend() == first.backend() and m._kernel["s"].shape[1] == first._kernel["s"].shape[1]
+                   for m in layers)
+        if not same or dtype not in (torch.bfloat16, torch.float32):
+            return None
+        if first.backend() == "c-int8":
+            return cls(layers, 0, dtype)
+        if first.backend() == "c" and all(m._kernel["q4bf16"] for m in layers) and dtype == torch.bfloat16:
+            return cls(layers, 1, dtype)
+        return None
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The layers' outputs for one input row x [1, in_features] (or [in_features])."""
+        x = x.reshape(1, self.k).contiguous()
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        y = torch.empty(1, self.total, dtype=self.dtype)
+        scratch = _scratch_matrix(1, 2 * self.k + 8 * self.groups, torch.int8, "multi")
+        bf = int(self.dtype == torch.bfloat16)
+        self.lib.lbq_multi(_ptr(self.desc), len(self.layers), _ptr(x), bf, self.k, self.bits, self.k // self.groups,
+                           self.groups, self.mode, _ptr(y), bf, _ptr(scratch), torch.get_num_threads())
+        return list(y.split(self.sizes, dim=1))

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lowbit.kernels.qlinear import dense_linear
+from lowbit.kernels.decode import attention_one, rms_norm
+from lowbit.kernels.qlinear import FusedLinears, dense_linear
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -42,7 +43,7 @@ def unsupported(model: nn.Module) -> str | None:
 def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """transformers' RMSNorm: normalise in fp32, back to the input dtype, times the weight."""
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    return rms_norm(x, norm.weight, eps)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,11 @@ class LeanDecoder:
         sin[..., : self.head_dim // 2] *= -1
         self.cos, self.sin = cos[0].to(self.dtype).unsqueeze(1), sin[0].to(self.dtype).unsqueeze(1)
         self.pos = 0
+        # q/k/v and gate/up as one kernel call each at batch 1, where the packed kernels allow it
+        self.fused = [(FusedLinears.build([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
+                                          self.dtype),
+                       FusedLinears.build([layer.mlp.gate_proj, layer.mlp.up_proj], self.dtype))
+                      for layer in base.layers]
 
     def reset(self) -> None:
         """Forget the cached tokens."""
@@ -90,19 +96,19 @@ class LeanDecoder:
         for i, layer in enumerate(self.base.layers):
             a = layer.self_attn
             x = _rms(h, layer.input_layernorm)
-            q = a.q_proj(x).view(t, self.heads, self.head_dim)
-            k = a.k_proj(x).view(t, self.kv_heads, self.head_dim)
-            v = a.v_proj(x).view(t, self.kv_heads, self.head_dim)
+            qkv, gate_up = self.fused[i]
+            q, k, v = qkv(x) if qkv is not None and t == 1 else (a.q_proj(x), a.k_proj(x), a.v_proj(x))
+            q = q.view(t, self.heads, self.head_dim)
+            k = k.view(t, self.kv_heads, self.head_dim)
+            v = v.view(t, self.kv_heads, self.head_dim)
             if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head before the rotation
                 q, k = _rms(q, a.q_norm), _rms(k, a.k_norm)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
             self.k[i, :, p0:p0 + t] = k.transpose(0, 1)
             self.v[i, :, p0:p0 + t] = v.transpose(0, 1)
             keys, vals = self.k[i, :, :p0 + t], self.v[i, :, :p0 + t]
-            if t == 1:  # one query: heads grouped by their KV head, two small matmuls
-                qg = q.float().view(self.kv_heads, rep, self.head_dim)
-                att = torch.softmax(torch.matmul(qg, keys.transpose(1, 2)) * a.scaling, dim=-1)
-                o = torch.matmul(att, vals).reshape(1, -1)
+            if t == 1:  # one query: heads grouped by their KV head
+                o = attention_one(q[0].float(), self.k[i], self.v[i], p0 + 1, a.scaling).view(1, -1)
             else:
                 mask = None if p0 == 0 else torch.ones(t, p0 + t, dtype=torch.bool).tril(p0)
                 o = F.scaled_dot_product_attention(q.float().transpose(0, 1), keys, vals, attn_mask=mask,
@@ -111,6 +117,7 @@ class LeanDecoder:
             h = h + a.o_proj(o.to(self.dtype))
             x = _rms(h, layer.post_attention_layernorm)
             mlp = layer.mlp
-            h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+            g, u = gate_up(x) if gate_up is not None and t == 1 else (mlp.gate_proj(x), mlp.up_proj(x))
+            h = h + mlp.down_proj(F.silu(g) * u)
         self.pos = p0 + t
         return dense_linear(_rms(h[-1:], self.base.norm), self.model.lm_head)[0]

@@ -8,6 +8,7 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -306,9 +307,13 @@ int lbq_has_vnni(void) { return 1; }
         }                                                                                                  \
     } while (0)
 
-#ifndef LBQ_AHEAD
-#define LBQ_AHEAD 32 /* prefetch into L2 this many rows ahead: measured best here (2x over none) */
+#ifndef LBQ_AHEAD_BYTES
+#define LBQ_AHEAD_BYTES 16384 /* prefetch into L2 about this far ahead: best measured here (2-3x over none) */
 #endif
+static inline int64_t ahead_of(int64_t row_bytes) {
+    int64_t rows = LBQ_AHEAD_BYTES / row_bytes;
+    return (rows < 4 ? 4 : rows) * row_bytes;
+}
 /* Four rows at once (the activations are loaded once for all four), groups of a multiple of 64 bytes:
  * out[r] = sum_g s_w[r, g] s_x[g] dot_g for rows n0 .. n0 + 3. */
 #define LBQ_ROWS4(BITS)                                                                                    \
@@ -317,16 +322,17 @@ int lbq_has_vnni(void) { return 1; }
         const __m512i mask = _mm512_set1_epi8((char)((1 << BITS) - 1));                                    \
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                        \
         const uint8_t *r0 = row0, *r1 = row0 + row_bytes, *r2 = r1 + row_bytes, *r3 = r2 + row_bytes;       \
+        const int64_t ahead = ahead_of(row_bytes);                                                         \
         for (int64_t g = 0; g < G; g++) {                                                                  \
             __m512i i0 = _mm512_setzero_si512(), i1 = i0, i2 = i0, i3 = i0;                                \
             for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {                                            \
                 const int8_t *xc = xm + c * 64 * (8 / BITS);                                               \
                 __m512i w0 = _mm512_loadu_si512(r0 + c * 64), w1 = _mm512_loadu_si512(r1 + c * 64);        \
                 __m512i w2 = _mm512_loadu_si512(r2 + c * 64), w3 = _mm512_loadu_si512(r3 + c * 64);        \
-                _mm_prefetch((const char *)(r0 + LBQ_AHEAD * row_bytes + c * 64), _MM_HINT_T1);            \
-                _mm_prefetch((const char *)(r1 + LBQ_AHEAD * row_bytes + c * 64), _MM_HINT_T1);            \
-                _mm_prefetch((const char *)(r2 + LBQ_AHEAD * row_bytes + c * 64), _MM_HINT_T1);            \
-                _mm_prefetch((const char *)(r3 + LBQ_AHEAD * row_bytes + c * 64), _MM_HINT_T1);            \
+                _mm_prefetch((const char *)(r0 + ahead + c * 64), _MM_HINT_T1);                  \
+                _mm_prefetch((const char *)(r1 + ahead + c * 64), _MM_HINT_T1);                  \
+                _mm_prefetch((const char *)(r2 + ahead + c * 64), _MM_HINT_T1);                  \
+                _mm_prefetch((const char *)(r3 + ahead + c * 64), _MM_HINT_T1);                  \
                 LBQ_DOT64(BITS, i0, w0, xc, mask);                                                         \
                 LBQ_DOT64(BITS, i1, w1, xc, mask);                                                         \
                 LBQ_DOT64(BITS, i2, w2, xc, mask);                                                         \
@@ -483,4 +489,178 @@ void lbq_linear_i8(const void *x, int x_bf16, int64_t M, int64_t K, const uint8_
     n_threads = threads > 0 ? threads : 1;
     lbq_quant_act(x, x_bf16, M, K, bits, group, G, xq, xs, xsum);
     lbq_gemv_i8(xq, xs, xsum, M, K, qw, N, row_bytes, bits, group, G, scales, zeros, per_row, bias, y, y_bf16);
+}
+
+/* ---------------------------------------------------------------- exact 4-bit GEMV for bf16 activations
+ * Codes become bf16 numbers without a conversion: a 16-bit word 0x4300 | q is the bf16 of 128 + q (exactly),
+ * and vdpbf16ps sums 32 products per instruction, each exact in fp32. So sum_k (128 + q_k) x_k - 128 sum_k x_k
+ * = sum_k q_k x_k up to fp32 rounding, and w x = s (sum q x - z sum x) per group as in lbq_gemm. The bf16
+ * activations are permuted per 128 codes like lbq_quant_act's (t-th half: x[2j + t]). Groups of a multiple
+ * of 128 codes; the same L2 prefetch as lbq_gemv_i8. */
+#if defined(LBQ_AVX512) && defined(__AVX512BF16__)
+int lbq_has_q4bf16(void) { return 1; }
+
+static inline __m512 dot128_q4(__m512 acc, __m512i w, const uint16_t *xc) {
+    const __m512i m4 = _mm512_set1_epi8(15), bias = _mm512_set1_epi16(0x4300);
+    __m512i lo = _mm512_and_si512(w, m4), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
+    __m512i l0 = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(lo)), bias);
+    __m512i l1 = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(lo, 1)), bias);
+    __m512i h0 = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(hi)), bias);
+    __m512i h1 = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(hi, 1)), bias);
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)l0, (__m512bh)_mm512_loadu_si512(xc));
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)l1, (__m512bh)_mm512_loadu_si512(xc + 32));
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)h0, (__m512bh)_mm512_loadu_si512(xc + 64));
+    return _mm512_dpbf16_ps(acc, (__m512bh)h1, (__m512bh)_mm512_loadu_si512(xc + 96));
+}
+
+/* The activations' side of lbq_gemv_q4_bf16: permuted copy xp [M, K] and per-group sums xsum [M, G]. */
+static void q4_prep(const uint16_t *x, int64_t M, int64_t K, int64_t group, int64_t G, uint16_t *xp, float *xsum) {
+    for (int64_t m = 0; m < M; m++) {
+        const uint16_t *xm = x + m * K;
+        uint16_t *pm = xp + m * K;
+        for (int64_t c = 0; c < K; c += 128)
+            for (int64_t j = 0; j < 64; j++) { pm[c + j] = xm[c + 2 * j]; pm[c + 64 + j] = xm[c + 2 * j + 1]; }
+        for (int64_t g = 0; g < G; g++) {
+            float s = 0;
+            for (int64_t k = g * group; k < (g + 1) * group; k++) s += bf16_to_f(xm[k]);
+            xsum[m * G + g] = s;
+        }
+    }
+}
+
+static void q4_core(const uint16_t *xp, const float *xsum, int64_t M, int64_t K, const uint8_t *qw, int64_t N,
+                    int64_t row_bytes, int64_t group, int64_t G, const float *scales, const float *zeros,
+                    int64_t per_row, const float *bias, void *y, int y_bf16) {
+    const int64_t cpg = group / 128, ahead = ahead_of(row_bytes);
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *row = qw + n * row_bytes;
+        const float *sc = scales + (per_row ? n * G : 0), *zp = zeros + (per_row ? n * G : 0);
+        for (int64_t m = 0; m < M; m++) {
+            const uint16_t *pm = xp + m * K;
+            const float *xs = xsum + m * G;
+            __m512 acc = _mm512_setzero_ps();
+            float corr = 0;
+            for (int64_t g = 0; g < G; g++) {
+                __m512 ag = _mm512_setzero_ps();
+                for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
+                    _mm_prefetch((const char *)(row + ahead + c * 64), _MM_HINT_T1);
+                    ag = dot128_q4(ag, _mm512_loadu_si512(row + c * 64), pm + c * 128);
+                }
+                acc = _mm512_fmadd_ps(ag, _mm512_set1_ps(sc[g]), acc);
+                corr += sc[g] * (zp[g] + 128.f) * xs[g];
+            }
+            float v = _mm512_reduce_add_ps(acc) - corr + (bias ? bias[n] : 0.0f);
+            if (y_bf16) ((uint16_t *)y)[m * N + n] = to_bf16(v);
+            else ((float *)y)[m * N + n] = v;
+        }
+    }
+}
+
+/* x bf16 [M, K] (K a multiple of 128), qw 4-bit rows, groups of `group` (a multiple of 128) codes; xp [M, K]
+ * and xsum [M, G] scratch. */
+void lbq_gemv_q4_bf16(const uint16_t *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N, int64_t row_bytes,
+                      int64_t group, int64_t G, const float *scales, const float *zeros, int64_t per_row,
+                      const float *bias, void *y, int y_bf16, uint16_t *xp, float *xsum, int threads) {
+    n_threads = threads > 0 ? threads : 1;
+    q4_prep(x, M, K, group, G, xp, xsum);
+    q4_core(xp, xsum, M, K, qw, N, row_bytes, group, G, scales, zeros, per_row, bias, y, y_bf16);
+}
+#else
+int lbq_has_q4bf16(void) { return 0; }
+void lbq_gemv_q4_bf16(const uint16_t *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N, int64_t row_bytes,
+                      int64_t group, int64_t G, const float *scales, const float *zeros, int64_t per_row,
+                      const float *bias, void *y, int y_bf16, uint16_t *xp, float *xsum, int threads) {
+    (void)x; (void)M; (void)K; (void)qw; (void)N; (void)row_bytes; (void)group; (void)G; (void)scales;
+    (void)zeros; (void)per_row; (void)bias; (void)y; (void)y_bf16; (void)xp; (void)xsum; (void)threads;
+}
+#endif
+
+/* ---------------------------------------------------------------- decode helpers for the lean forward */
+
+/* transformers' RMSNorm: xn = x / sqrt(mean(x^2) + eps) in fp32, rounded to the input dtype, then times the
+ * weight in that dtype. x, w, y bf16 (bits) when bf16 = 1, else fp32. */
+void lbq_rmsnorm(const void *x, const void *w, int64_t M, int64_t H, float eps, int bf16, void *y) {
+    for (int64_t m = 0; m < M; m++) {
+        float ss = 0;
+        for (int64_t i = 0; i < H; i++) {
+            float v = bf16 ? bf16_to_f(((const uint16_t *)x)[m * H + i]) : ((const float *)x)[m * H + i];
+            ss += v * v;
+        }
+        float r = 1.0f / sqrtf(ss / (float)H + eps);
+        for (int64_t i = 0; i < H; i++) {
+            if (bf16) {
+                float v = bf16_to_f(((const uint16_t *)x)[m * H + i]);
+                float xn = bf16_to_f(to_bf16(v * r));
+                ((uint16_t *)y)[m * H + i] = to_bf16(bf16_to_f(((const uint16_t *)w)[i]) * xn);
+            } else {
+                ((float *)y)[m * H + i] = ((const float *)w)[i] * (((const float *)x)[m * H + i] * r);
+            }
+        }
+    }
+}
+
+/* One query's attention over S cached positions: q [nh, hd], K and V [nkv, cap, hd] (fp32), head h reads KV
+ * head h / (nh / nkv); out [nh, hd]; p is scratch of S floats. */
+void lbq_attn1(const float *q, const float *K, const float *V, int64_t nh, int64_t nkv, int64_t cap, int64_t S,
+               int64_t hd, float scale, float *out, float *p) {
+    const int64_t rep = nh / nkv;
+    for (int64_t h = 0; h < nh; h++) {
+        const float *qh = q + h * hd, *Kh = K + (h / rep) * cap * hd, *Vh = V + (h / rep) * cap * hd;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < S; j++) {
+            float d = 0;
+            const float *kj = Kh + j * hd;
+            int64_t i = 0;
+#ifdef LBQ_AVX512
+            __m512 a = _mm512_setzero_ps();
+            for (; i + 16 <= hd; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + i), _mm512_loadu_ps(kj + i), a);
+            d = _mm512_reduce_add_ps(a);
+#endif
+            for (; i < hd; i++) d += qh[i] * kj[i];
+            p[j] = d * scale;
+            mx = p[j] > mx ? p[j] : mx;
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < S; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
+        float inv = 1.0f / sum;
+        float *oh = out + h * hd;
+        for (int64_t i = 0; i < hd; i++) oh[i] = 0;
+        for (int64_t j = 0; j < S; j++) {
+            const float *vj = Vh + j * hd;
+            float pj = p[j] * inv;
+            for (int64_t i = 0; i < hd; i++) oh[i] += pj * vj[i];
+        }
+    }
+}
+
+/* Several matrices that read the same activation row (q, k and v; gate and up), for one row: the activation
+ * is quantized (mode 0, int8 kernel) or permuted (mode 1, exact 4-bit bf16 kernel) once, then every matrix
+ * writes its outputs at its offset in y. desc holds 8 int64 per matrix: qweight, N, row_bytes, scales,
+ * zeros, per_row, bias (0: none), offset into y. */
+void lbq_multi(const int64_t *desc, int nmat, const void *x, int x_bf16, int64_t K, int bits, int64_t group,
+               int64_t G, int mode, void *y, int y_bf16, void *scratch, int threads) {
+    n_threads = threads > 0 ? threads : 1;
+    const size_t ysz = y_bf16 ? 2 : 4;
+#if defined(LBQ_AVX512) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+    int8_t *xq = (int8_t *)scratch;
+    uint16_t *xp = (uint16_t *)scratch;
+    float *xs = (float *)((char *)scratch + 2 * K);
+    int32_t *xsum = (int32_t *)(xs + G);
+    if (mode == 0) lbq_quant_act(x, x_bf16, 1, K, bits, group, G, xq, xs, xsum);
+    else q4_prep((const uint16_t *)x, 1, K, group, G, xp, xs);
+    for (int i = 0; i < nmat; i++) {
+        const int64_t *d = desc + 8 * i;
+        void *yi = (char *)y + d[7] * ysz;
+        if (mode == 0)
+            lbq_gemv_i8(xq, xs, xsum, 1, K, (const uint8_t *)d[0], d[1], d[2], bits, group, G, (const float *)d[3],
+                        (const float *)d[4], d[5], (const float *)d[6], yi, y_bf16);
+        else
+            q4_core(xp, xs, 1, K, (const uint8_t *)d[0], d[1], d[2], group, G, (const float *)d[3],
+                    (const float *)d[4], d[5], (const float *)d[6], yi, y_bf16);
+    }
+#else
+    (void)desc; (void)nmat; (void)x; (void)x_bf16; (void)K; (void)bits; (void)group; (void)G; (void)mode; (void)y;
+    (void)ysz; (void)y_bf16; (void)scratch;
+#endif
 }
