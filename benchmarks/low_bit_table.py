@@ -8,6 +8,7 @@ a subprocess (`lowbit quantize ... --json`) so that their time and peak RSS are 
 relative error of each checkpoint against the fp model is recorded for `lowbit report`.
 
 Usage: python benchmarks/low_bit_table.py [--models demo,minilm] [--n-samples 64] [--out docs/results/...]
+KV-cache quantization: --kv-bits 16,8,4 runs every cell at each KV width (labels such as 'W4A4 g128 KV8').
 Ends by printing one JSON line with the table.
 """
 
@@ -36,14 +37,14 @@ from lowbit.ptq import CalibConfig
 
 SETTINGS = [("W4A16 g128", 4, 128, 16), ("W3A16 g128", 3, 128, 16), ("W2A16 g64", 2, 64, 16),
             ("W4A8 g128", 4, 128, 8), ("W4A4 g128", 4, 128, 4)]
-METHODS = ["rtn", "gptq", "awq", "smoothquant", "rotate+gptq", "cbq"]
+METHODS = ["rtn", "gptq", "awq", "smoothquant", "rotate+gptq", "cbq", "rotate+cbq"]
 
 
 def quantize_subprocess(src: str, method: str, bits: int, group: int, act: int, out: Path, n_samples: int,
-                        cbq_steps: int) -> dict:
+                        cbq_steps: int, kv: int = 16) -> dict:
     """`lowbit quantize --recipe` in a fresh process (one thread); returns its JSON line (time, own peak RSS)."""
     recipe = out.with_name(out.name + ".yaml")
-    recipe.write_text(f"method: {method}\nbits: {bits}\ngroup_size: {group}\nact_bits: {act}\n"
+    recipe.write_text(f"method: {method}\nbits: {bits}\ngroup_size: {group}\nact_bits: {act}\nkv_bits: {kv}\n"
                       f"options: {{cbq: {{steps: {cbq_steps}}}}}\n")
     cmd = [sys.executable, "-m", "lowbit.cli", "quantize", src, "--recipe", str(recipe), "--n-samples",
            str(n_samples), "--out", str(out), "--json"]
@@ -53,11 +54,19 @@ def quantize_subprocess(src: str, method: str, bits: int, group: int, act: int, 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def probe_ids(model_name: str, tokenizer: object, n: int = 4, length: int = 128) -> torch.Tensor:
+def probe_ids(model_name: str, tokenizer: object, n: int = 8, length: int = 256) -> torch.Tensor:
     """A few windows of held-out tokens for the per-block error."""
     ids = tokenize_text(tokenizer, read_text(ASSETS / "demo" / "eval.txt", "eval"))
     length = min(length, 128 if model_name == "minilm" else 256)
     return ids[: n * length].reshape(n, length)
+
+
+def logit_kl(fp_model: torch.nn.Module, q_model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """Mean KL(p_fp || p_q) of next-token distributions over the probe windows (fidelity to full precision)."""
+    with torch.no_grad():
+        lp = fp_model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+        lq = q_model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+    return float((lp.exp() * (lp - lq)).sum(-1).mean())
 
 
 def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings: list, cbq_steps: int,
@@ -69,16 +78,17 @@ def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings
     ref = load_model(name)
     ids = probe_ids(name, ref.tokenizer)
     rows = []
-    for label, bits, group, act in settings:
+    for label, bits, group, act, kv in settings:
         for method in methods:
-            out = tmp / f"{name}-{method.replace('+', '_')}-w{bits}a{act}"
-            row: dict = {"method": method, "setting": label, "bits": bits, "group_size": group, "act_bits": act}
+            out = tmp / f"{name}-{method.replace('+', '_')}-w{bits}a{act}kv{kv}"
+            row: dict = {"method": method, "setting": label, "bits": bits, "group_size": group, "act_bits": act,
+                         "kv_bits": kv}
             t0 = time.perf_counter()
             try:
                 if method.endswith("cbq"):
-                    q = quantize_subprocess(name, method, bits, group, act, out, n_samples, cbq_steps)
+                    q = quantize_subprocess(name, method, bits, group, act, out, n_samples, cbq_steps, kv)
                 else:
-                    cfg = api.make_config(method, bits, group, act_bits=act)
+                    cfg = api.make_config(method, bits, group, act_bits=act, kv_bits=kv)
                     q = api.quantize_dir(name, out, cfg, calib_config=CalibConfig(n_samples=n_samples),
                                          progress=False)
             except LowbitError as e:
@@ -92,6 +102,8 @@ def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings
                        bits_per_weight=ev["bits_per_weight"], quantize_seconds=round(q["quantize_seconds"], 2),
                        peak_rss_mb=round(q["peak_rss_mb"], 1) if method.endswith("cbq") else None,
                        block_errors=[round(e, 5) for e in block_errors(ref.model, loaded.model, ref.family, ids)])
+            if name != "minilm":
+                row["kl_to_fp"] = round(logit_kl(ref.model, loaded.model, ids), 6)
             rows.append(row)
             shutil.rmtree(out, ignore_errors=True)
             print(f"{name} {label} {method}: {metric} {row['value']:.4f} (fp {fp_val:.4f}), "
@@ -100,17 +112,19 @@ def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings
     return {"metric": metric, "fp": fp_val, "rows": rows}
 
 
-def print_table(name: str, model: dict, methods: list[str], settings: list) -> None:
-    """Markdown table: one row per method, one column per setting."""
-    fmt = "{:.4f}" if model["metric"] == "cosine" else "{:.2f}"
-    print(f"\n{name} ({model['metric']}; full precision {fmt.format(model['fp'])})\n")
+def print_table(name: str, model: dict, methods: list[str], settings: list, key: str = "value") -> None:
+    """Markdown table: one row per method, one column per setting (`key`: value, or kl_to_fp)."""
+    fmt = "{:.4f}" if model["metric"] == "cosine" or key != "value" else "{:.2f}"
+    title = f"{model['metric']}; full precision {fmt.format(model['fp'])}" if key == "value" else \
+        "KL(fp || quantized) of next-token distributions on 8 x 256 held-out tokens"
+    print(f"\n{name} ({title})\n")
     print("| method | " + " | ".join(s[0] for s in settings) + " |")
     print("|---" * (len(settings) + 1) + "|")
     for m in methods:
         cells = []
         for s in settings:
             r = next((r for r in model["rows"] if r["method"] == m and r["setting"] == s[0]), None)
-            cells.append("n/a" if r is None or r["value"] is None else fmt.format(r["value"]))
+            cells.append("n/a" if r is None or r.get(key) is None else fmt.format(r[key]))
         print(f"| {m} | " + " | ".join(cells) + " |")
 
 
@@ -131,10 +145,14 @@ def headline(models: dict) -> dict:
                 info["best"][s] = best
                 if "cbq" in vals and "gptq" in vals:
                     info.setdefault("cbq_not_worse_than_gptq", {})[s] = not better(vals["gptq"], vals["cbq"])
+                cbqs = [k for k in vals if k.endswith("cbq")]  # cbq and its recipes (rotate+cbq, cfp+cbq)
+                if len(cbqs) > 1:
+                    info.setdefault("best_cbq_variant", {})[s] = min(cbqs, key=lambda k: vals[k] * (
+                        1 if m["metric"] == "perplexity" else -1))
         if m["metric"] == "perplexity":
-            rtn4, rot4 = cell.get(("rtn", "W4A4 g128")), cell.get(("rotate+gptq", "W4A4 g128"))
-            info["w4a4_rtn_vs_fp"] = rtn4 / m["fp"] if rtn4 else None
-            info["w4a4_rotate_gptq_vs_fp"] = rot4 / m["fp"] if rot4 else None
+            for meth in ("rtn", "rotate+gptq", "rotate+cbq"):
+                v = cell.get((meth, "W4A4 g128"))
+                info[f"w4a4_{meth.replace('+', '_')}_vs_fp"] = v / m["fp"] if v else None
         out[name] = info
     return out
 
@@ -148,10 +166,14 @@ def main() -> None:
     ap.add_argument("--cbq-steps", type=int, default=40, help="CBQ optimiser steps per window (default here 40)")
     ap.add_argument("--eval-chars", type=int, default=0, help="evaluate on the first N characters of the held-out "
                     "split (0: all of it)")
+    ap.add_argument("--kv-bits", default="16", help="comma-separated KV-cache bits per cell, e.g. 16,8,4 (label "
+                    "suffix ' KV8')")
     ap.add_argument("--out", default="docs/results/low_bit_table.json")
     ap.add_argument("--plots", default="docs/results", help="directory for lowbit report's PNG files")
     args = ap.parse_args()
     settings = SETTINGS if args.settings == "all" else [s for s in SETTINGS if s[0] in args.settings.split(",")]
+    settings = [(s[0] + ("" if kv == 16 else f" KV{kv}"), *s[1:], kv) for s in settings
+                for kv in map(int, args.kv_bits.split(","))]
     methods = args.methods.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-lowbit-table-"))
     t0 = time.perf_counter()
@@ -174,6 +196,8 @@ def main() -> None:
     tmp_out.replace(out)
     for n, m in models.items():
         print_table(n, m, methods, settings)
+        if any("kl_to_fp" in r for r in m["rows"]):
+            print_table(n, m, methods, settings, "kl_to_fp")
     for p in write_report(out, args.plots):
         print(f"wrote {p}")
     print(json.dumps({"low_bit_table": {n: {f"{r['method']} {r['setting']}": r["value"] for r in m["rows"]}
