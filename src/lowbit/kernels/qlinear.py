@@ -331,10 +331,11 @@ class PackedLinear(nn.Module):
         """Decode through the int8-activation kernel; bf16 and fp32 activations are read and written as they are."""
         kern = self._kernel
         if "args" not in kern:  # everything but the activations, fixed once prepared
-            s, z, k = kern["s"], kern["z"], self.in_features
+            s16, z8 = self._int8_ranges()
+            k, groups = self.in_features, s16.shape[1]
             bias = self._bias32()
             kern["args"] = (k, _ptr(self.qweight), self.out_features, self.qweight.shape[1], self.spec.bits,
-                            k // s.shape[1], s.shape[1], _ptr(s), _ptr(z), kern["per_row"],
+                            k // groups, groups, _ptr(s16), None if z8 is None else _ptr(z8), kern["per_row"],
                             None if bias is None else _ptr(bias))
         rows = x2.shape[0]
         xin = x2 if x2.dtype in (torch.bfloat16, torch.float32) else x2.float()
@@ -347,6 +348,15 @@ class PackedLinear(nn.Module):
         kern["lib"].lbq_linear_i8(_ptr(xin), is_bf16, rows, *kern["args"], _ptr(y), is_bf16, base,
                                   base + rows * k, base + rows * (k + 4 * groups), torch.get_num_threads())
         return y if y.dtype == x2.dtype else y.to(x2.dtype)
+
+    def _int8_ranges(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The int8 kernel's scales (the stored fp16 ones) and zero codes (uint8; None when symmetric), cached."""
+        kern = self._kernel
+        if "s16" not in kern:
+            kern["s16"] = self.scales.to(torch.float16).contiguous()
+            kern["z8"] = None if self.spec.symmetric else \
+                unpack(self.qzeros, self.spec.bits, self.scales.shape[1]).contiguous()
+        return kern["s16"], kern["z8"]
 
     def _bias32(self) -> torch.Tensor | None:
         """The bias as fp32, cached with the kernel state."""
@@ -372,7 +382,12 @@ class FusedLinears:
         rows, off = [], 0
         for m in layers:
             kern, b = m._kernel, m._bias32()
-            rows.append([_ptr(m.qweight), m.out_features, m.qweight.shape[1], _ptr(kern["s"]), _ptr(kern["z"]),
+            if mode == 0:  # the int8 kernel reads the fp16 scales and uint8 zeros (0: symmetric)
+                s16, z8 = m._int8_ranges()
+                ranges = [_ptr(s16), 0 if z8 is None else _ptr(z8)]
+            else:
+                ranges = [_ptr(kern["s"]), _ptr(kern["z"])]
+            rows.append([_ptr(m.qweight), m.out_features, m.qweight.shape[1], *ranges,
                          kern["per_row"], 0 if b is None else _ptr(b), off])
             off += m.out_features
         self.desc = torch.tensor(rows, dtype=torch.int64)

@@ -318,7 +318,7 @@ static inline int64_t ahead_of(int64_t row_bytes) {
  * out[r] = sum_g s_w[r, g] s_x[g] dot_g for rows n0 .. n0 + 3. */
 #define LBQ_ROWS4(BITS)                                                                                    \
     static void rows4_b##BITS(const uint8_t *row0, int64_t row_bytes, const int8_t *xm, const float *xs,     \
-                              const float *sc0, int64_t scs, int64_t G, int64_t cpg, float *out) {         \
+                              const uint16_t *sc0, int64_t scs, int64_t G, int64_t cpg, float *out) {      \
         const __m512i mask = _mm512_set1_epi8((char)((1 << BITS) - 1));                                    \
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                        \
         const uint8_t *r0 = row0, *r1 = row0 + row_bytes, *r2 = r1 + row_bytes, *r3 = r2 + row_bytes;       \
@@ -338,10 +338,10 @@ static inline int64_t ahead_of(int64_t row_bytes) {
                 LBQ_DOT64(BITS, i2, w2, xc, mask);                                                         \
                 LBQ_DOT64(BITS, i3, w3, xc, mask);                                                         \
             }                                                                                              \
-            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_set1_ps(sc0[g] * xs[g]), a0);              \
-            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(sc0[scs + g] * xs[g]), a1);        \
-            a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i2), _mm512_set1_ps(sc0[2 * scs + g] * xs[g]), a2);    \
-            a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i3), _mm512_set1_ps(sc0[3 * scs + g] * xs[g]), a3);    \
+            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_set1_ps(_cvtsh_ss(sc0[g]) * xs[g]), a0);    \
+            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(_cvtsh_ss(sc0[scs + g]) * xs[g]), a1); \
+            a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i2), _mm512_set1_ps(_cvtsh_ss(sc0[2 * scs + g]) * xs[g]), a2); \
+            a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i3), _mm512_set1_ps(_cvtsh_ss(sc0[3 * scs + g]) * xs[g]), a3); \
         }                                                                                                  \
         out[0] = _mm512_reduce_add_ps(a0);                                                                 \
         out[1] = _mm512_reduce_add_ps(a1);                                                                 \
@@ -353,7 +353,7 @@ LBQ_ROWS4(4)
 LBQ_ROWS4(8)
 
 /* One row, any supported group: out = sum_g s_w[g] s_x[g] dot_g. */
-static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *xs, const float *sc, int64_t G,
+static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *xs, const uint16_t *sc, int64_t G,
                   int64_t gb, int64_t chunks) {
     const int per = 8 / bits;
     const __m512i mask = _mm512_set1_epi8((char)((1 << bits) - 1));
@@ -369,7 +369,7 @@ static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *x
                 else if (bits == 4) LBQ_DOT64(4, ai, w, xc, mask);
                 else LBQ_DOT64(8, ai, w, xc, mask);
             }
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_set1_ps(sc[g] * xs[g]), acc);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_set1_ps(_cvtsh_ss(sc[g]) * xs[g]), acc);
         }
         return _mm512_reduce_add_ps(acc);
     }
@@ -383,7 +383,7 @@ static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *x
         else if (bits == 4) LBQ_DOT64(4, ai, w, xc, mask);
         else LBQ_DOT64(8, ai, w, xc, mask);
         float cs[16];
-        for (int q = 0; q < r; q++) cs[q] = sc[c * r + q] * xs[c * r + q];
+        for (int q = 0; q < r; q++) cs[q] = _cvtsh_ss(sc[c * r + q]) * xs[c * r + q];
         __m512 sv = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(cs));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sv, acc);
     }
@@ -392,11 +392,13 @@ static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *x
 
 /* y [M, N] (fp32, or bf16 bits when y_bf16) = x W^T + bias from lbq_quant_act's output. Needs the row
  * length K * bits / 8 a multiple of 64 and the group's bytes a multiple of 64 or one of 16, 32.
- * u [M, G] scratch. */
+ * Scales are the stored fp16 [R, G] and zeros uint8 codes [R, G], or NULL for symmetric codes (zero
+ * 2^(bits-1)): 2 (or 3) bytes per group instead of 8 for fp32 scales and zeros, which decode reads with the codes. */
 void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t K,
                  const uint8_t *qw, int64_t N, int64_t row_bytes, int bits, int64_t group, int64_t G,
-                 const float *scales, const float *zeros, int64_t per_row, const float *bias, void *y,
+                 const uint16_t *scales, const uint8_t *zeros, int64_t per_row, const float *bias, void *y,
                  int y_bf16) {
+    const float zsym = (float)(1 << (bits - 1));
     const int64_t gb = group * bits / 8, chunks = K * bits / 8 / 64;
     const int four = gb >= 64 && per_row;
 #pragma omp parallel for num_threads(n_threads) schedule(static)
@@ -409,7 +411,7 @@ void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t
             int64_t n0 = nb * 4, nr = N - n0 < 4 ? N - n0 : 4;
             if (four && nr == 4) {
                 const uint8_t *row0 = qw + n0 * row_bytes;
-                const float *sc0 = scales + n0 * G;
+                const uint16_t *sc0 = scales + n0 * G;
                 if (bits == 4) rows4_b4(row0, row_bytes, xm, xsm, sc0, G, G, gb / 64, dots);
                 else if (bits == 2) rows4_b2(row0, row_bytes, xm, xsm, sc0, G, G, gb / 64, dots);
                 else rows4_b8(row0, row_bytes, xm, xsm, sc0, G, G, gb / 64, dots);
@@ -420,14 +422,15 @@ void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t
             }
             for (int64_t r = 0; r < nr; r++) {
                 int64_t n = n0 + r;
-                const float *sc = scales + (per_row ? n * G : 0), *zp = zeros + (per_row ? n * G : 0);
+                const uint16_t *sc = scales + (per_row ? n * G : 0);
+                const uint8_t *zp = zeros ? zeros + (per_row ? n * G : 0) : NULL;
                 float c0 = 0, c1 = 0;
                 int64_t g = 0;
                 for (; g + 1 < G; g += 2) {
-                    c0 += sc[g] * zp[g] * xsm[g] * (float)xsum_m[g];
-                    c1 += sc[g + 1] * zp[g + 1] * xsm[g + 1] * (float)xsum_m[g + 1];
+                    c0 += _cvtsh_ss(sc[g]) * (zp ? (float)zp[g] : zsym) * xsm[g] * (float)xsum_m[g];
+                    c1 += _cvtsh_ss(sc[g + 1]) * (zp ? (float)zp[g + 1] : zsym) * xsm[g + 1] * (float)xsum_m[g + 1];
                 }
-                if (g < G) c0 += sc[g] * zp[g] * xsm[g] * (float)xsum_m[g];
+                if (g < G) c0 += _cvtsh_ss(sc[g]) * (zp ? (float)zp[g] : zsym) * xsm[g] * (float)xsum_m[g];
                 float v = dots[r] - (c0 + c1) + (bias ? bias[n] : 0.0f);
                 if (y_bf16) ((uint16_t *)y)[m * N + n] = to_bf16(v);
                 else ((float *)y)[m * N + n] = v;
@@ -439,7 +442,7 @@ void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t
 int lbq_has_vnni(void) { return 0; }
 void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t K,
                  const uint8_t *qw, int64_t N, int64_t row_bytes, int bits, int64_t group, int64_t G,
-                 const float *scales, const float *zeros, int64_t per_row, const float *bias, void *y,
+                 const uint16_t *scales, const uint8_t *zeros, int64_t per_row, const float *bias, void *y,
                  int y_bf16) {
     (void)xq; (void)xs; (void)xsum; (void)M; (void)K; (void)qw; (void)N; (void)row_bytes; (void)bits;
     (void)group; (void)G; (void)scales; (void)zeros; (void)per_row; (void)bias; (void)y; (void)y_bf16;
@@ -484,7 +487,7 @@ void lbq_gemv_bf16(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, i
 
 /* lbq_quant_act then lbq_gemv_i8 in one call (one crossing from Python per layer); xq/xs/xsum are scratch. */
 void lbq_linear_i8(const void *x, int x_bf16, int64_t M, int64_t K, const uint8_t *qw, int64_t N, int64_t row_bytes,
-                   int bits, int64_t group, int64_t G, const float *scales, const float *zeros, int64_t per_row,
+                   int bits, int64_t group, int64_t G, const uint16_t *scales, const uint8_t *zeros, int64_t per_row,
                    const float *bias, void *y, int y_bf16, int8_t *xq, float *xs, int32_t *xsum, int threads) {
     n_threads = threads > 0 ? threads : 1;
     lbq_quant_act(x, x_bf16, M, K, bits, group, G, xq, xs, xsum);
@@ -637,7 +640,8 @@ void lbq_attn1(const float *q, const float *K, const float *V, int64_t nh, int64
 /* Several matrices that read the same activation row (q, k and v; gate and up), for one row: the activation
  * is quantized (mode 0, int8 kernel) or permuted (mode 1, exact 4-bit bf16 kernel) once, then every matrix
  * writes its outputs at its offset in y. desc holds 8 int64 per matrix: qweight, N, row_bytes, scales,
- * zeros, per_row, bias (0: none), offset into y. */
+ * zeros, per_row, bias (0: none), offset into y; scales and zeros as each kernel takes them (mode 0: fp16 and
+ * uint8 or 0, as lbq_gemv_i8; mode 1: fp32, as q4_core). */
 void lbq_multi(const int64_t *desc, int nmat, const void *x, int x_bf16, int64_t K, int bits, int64_t group,
                int64_t G, int mode, void *y, int y_bf16, void *scratch, int threads) {
     n_threads = threads > 0 ? threads : 1;
@@ -653,8 +657,8 @@ void lbq_multi(const int64_t *desc, int nmat, const void *x, int x_bf16, int64_t
         const int64_t *d = desc + 8 * i;
         void *yi = (char *)y + d[7] * ysz;
         if (mode == 0)
-            lbq_gemv_i8(xq, xs, xsum, 1, K, (const uint8_t *)d[0], d[1], d[2], bits, group, G, (const float *)d[3],
-                        (const float *)d[4], d[5], (const float *)d[6], yi, y_bf16);
+            lbq_gemv_i8(xq, xs, xsum, 1, K, (const uint8_t *)d[0], d[1], d[2], bits, group, G, (const uint16_t *)d[3],
+                        (const uint8_t *)d[4], d[5], (const float *)d[6], yi, y_bf16);
         else
             q4_core(xp, xs, 1, K, (const uint8_t *)d[0], d[1], d[2], group, G, (const float *)d[3],
                     (const float *)d[4], d[5], (const float *)d[6], yi, y_bf16);
