@@ -137,10 +137,9 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
 
 def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  # -> Loaded
     """Load a checkpoint or full-precision directory with its tokenizer and family (see lowbit.models.Loaded)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
     from lowbit.models.load import (
         Loaded,
+        build_from_config,
         check_weight_files,
         family_of,
         load_model,
@@ -158,16 +157,13 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
     config = read_config(p)
     fam = family_of(config, p)
     files = check_weight_files(p)  # one file, or shards written by a streaming run
-    auto = AutoModelForCausalLM if fam.kind == "causal" else AutoModel
-    hf_config = AutoConfig.from_pretrained(str(p), local_files_only=True)
     # Built on the meta device (no memory for the float weights that packed modules replace), then given
     # storage; computed buffers (rotary frequencies) are rebuilt. Models with other computed buffers (BERT's
     # position ids, Gemma's embedding scale) are built normally.
-    with torch.device("meta"):
-        model = auto.from_config(hf_config, dtype=dtype)
+    model = build_from_config(p, fam.kind, dtype, "meta")
     on_meta = all("Rotary" in type(m).__name__ for m in model.modules() if m._non_persistent_buffers_set)
     if not on_meta:
-        model = auto.from_config(hf_config, dtype=dtype)
+        model = build_from_config(p, fam.kind, dtype)
     spec = WeightSpec(qcfg["bits"], qcfg["group_size"], qcfg["symmetric"])
     install_packed(model, qcfg["modules"], spec, dtype)
     if on_meta:

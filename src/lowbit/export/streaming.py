@@ -34,7 +34,7 @@ from lowbit.export.checkpoint import (
 )
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models import block_linears
-from lowbit.models.load import check_weight_files, family_of, read_config, rebuild_rotary
+from lowbit.models.load import build_from_config, check_weight_files, family_of, read_config, rebuild_rotary
 from lowbit.models.stream import TensorIndex
 from lowbit.quantizers import WeightSpec
 
@@ -53,16 +53,6 @@ def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", "lowbit": "1"})
     os.replace(tmp, path)
-
-
-def _meta_model(path: Path, kind: str) -> nn.Module:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    auto = AutoModelForCausalLM if kind == "causal" else AutoModel
-    with torch.device("meta"):
-        model = auto.from_config(hf_config, dtype=torch.float32)
-    return model
 
 
 def _materialize_outside(model: nn.Module, blocks: nn.ModuleList, index: TensorIndex) -> None:
@@ -144,7 +134,7 @@ def quantize_streaming(
     cfg = read_config(src)
     fam = family_of(cfg, src)
     index = TensorIndex(check_weight_files(src))
-    model = _meta_model(src, fam.kind)
+    model = build_from_config(src, fam.kind, torch.float32, "meta")
     blocks = fam.blocks(model)
     prefix = fam.blocks_prefix(model)
     n_shards = len(blocks) + 1

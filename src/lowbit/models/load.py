@@ -116,18 +116,31 @@ def check_finite(model: nn.Module, path: Path) -> None:
             raise LowbitError(f"{path}: parameter {name} holds NaN or Inf values; the checkpoint is broken")
 
 
-def _load_streaming(auto: type, path: Path, dtype: torch.dtype, files: list[Path]) -> nn.Module | None:
+def auto_class(kind: str) -> type:
+    """transformers' auto class for a family kind ('causal' or 'encoder')."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if kind == "causal" else AutoModel
+
+
+def build_from_config(path: Path, kind: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+    """The model that `path`'s config.json describes, with uninitialised weights; on `device` ('meta': no memory)."""
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    with torch.device(device):
+        return auto_class(kind).from_config(hf_config, dtype=dtype)
+
+
+def _load_streaming(kind: str, path: Path, dtype: torch.dtype, files: list[Path]) -> nn.Module | None:
     """Build the model from its config and read the weights in tensor by tensor (peak: model + one tensor).
 
     Returns None when the checkpoint's names or shapes do not match the model exactly (prefixed or renamed
     keys, for instance); transformers' own loader handles those.
     """
-    from transformers import AutoConfig
-
     from lowbit.models.stream import load_into
 
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    model = auto.from_config(config, dtype=dtype)
+    model = build_from_config(path, kind, dtype)
     if not load_into(model, files):
         return None
     if hasattr(model, "tie_weights"):
@@ -137,20 +150,18 @@ def _load_streaming(auto: type, path: Path, dtype: torch.dtype, files: list[Path
 
 def load_model(src: str | Path, dtype: torch.dtype = torch.float32, check: bool = True) -> Loaded:
     """Load a full-precision model directory (causal LM or encoder) on the CPU."""
-    from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     path = resolve_source(src)
     config = read_config(path)
     fam = family_of(config, path)
     files = check_weight_files(path)
-    auto = AutoModelForCausalLM if fam.kind == "causal" else AutoModel
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = _load_streaming(auto, path, dtype, files) or auto.from_pretrained(
+            model = _load_streaming(fam.kind, path, dtype, files) or auto_class(fam.kind).from_pretrained(
                 str(path), dtype=dtype, local_files_only=True)
     except Exception as e:
         raise LowbitError(f"cannot load the model in {path} ({type(e).__name__}: {str(e)[:300]})") from e
