@@ -161,9 +161,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on an oversubscribed machine)")
+    ap.add_argument("--no-memory", action="store_true", help="speed only")
     args = ap.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    print(json.dumps({"speed": speed(args.repeats), "memory": memory_all(args.quick)}))
+    torch.set_num_threads(min(args.threads, os.cpu_count() or 1))
+    out = {"threads": torch.get_num_threads(), "speed": speed(args.repeats)}
+    if not args.no_memory:
+        out["memory"] = memory_all(args.quick)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

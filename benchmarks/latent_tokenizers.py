@@ -48,6 +48,9 @@ GQ_CHANNELS = 16
 STEPS = {"patches": 500, "digits": 400}  # the same for every quantizer (and for GQ's VAE)
 BATCH = {"patches": 32, "digits": 64}
 SIGMA_X = 0.15  # the Gaussian VAE's pixel noise scale (its likelihood weight)
+# VQ/RVQ: a code is dead (and replaced) while its EMA hits per step are below this share of a uniform code's
+# (tokens per step / K). A fixed 1e-3 kept codes hit once in ~200 steps alive: VQ used 36% of 256 codes on digits.
+DEAD_SHARE = 0.25
 
 
 # ----------------------------------------------------------------------------- data
@@ -176,13 +179,20 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
-def make_quantizer(name: str, bits: int) -> tuple[nn.Module, int]:
+def dead_threshold(codebook_size: int, tokens_per_step: int) -> float:
+    """Dead-code threshold on the EMA of per-step hits: DEAD_SHARE of a uniform code's share of a batch."""
+    return DEAD_SHARE * tokens_per_step / codebook_size
+
+
+def make_quantizer(name: str, bits: int, tokens_per_step: int = 512) -> tuple[nn.Module, int]:
     """Quantizer at ``bits`` bits per token, and the latent channels the encoder must produce."""
     if name == "VQ":
-        return VectorQuantize(16, 1 << bits, decay=0.99, dead_code_threshold=1e-3, channels_first=True), 16
+        thr = dead_threshold(1 << bits, tokens_per_step)
+        return VectorQuantize(16, 1 << bits, decay=0.99, dead_code_threshold=thr, channels_first=True), 16
     if name == "RVQ":
         k = 1 << (bits // 2)
-        return ResidualVQ(16, k, 2, decay=0.99, dead_code_threshold=1e-3, channels_first=True), 16
+        thr = dead_threshold(k, tokens_per_step)
+        return ResidualVQ(16, k, 2, decay=0.99, dead_code_threshold=thr, channels_first=True), 16
     if name == "FSQ":
         levels = FSQ_LEVELS[bits]
         return FSQ(levels, channels_first=True), len(levels)
@@ -209,7 +219,8 @@ def train_model(name: str, bits: int, data, steps: int, batch: int, seed: int) -
     """Train encoder, decoder and quantizer (for GQ: the TDC VAE); returns the modules and seconds."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(1000 + seed)
-    quant, ch = make_quantizer(name, bits)
+    tokens_per_step = batch * (data.size >> data.downsamples) ** 2
+    quant, ch = make_quantizer(name, bits, tokens_per_step)
     enc = Encoder(2 * ch if name == "GQ" else ch, data.downsamples)
     dec = Decoder(ch, data.downsamples)
     params = [*enc.parameters(), *dec.parameters(), *quant.parameters()]
@@ -361,12 +372,10 @@ def plot(rows: list[dict], summary: dict, data: Patches, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = max(r["bits"] for r in rows)
-    recs = {
-        r["quantizer"]: r
-        for r in rows
-        if r["dataset"] == "patches" and r["bits"] == top and r["seed"] == rows[0]["seed"]
-    }
+    shown = [r for r in rows if r["dataset"] == "patches" and r.get("rec") is not None]
+    top = max(r["bits"] for r in shown) if shown else 0
+    first = min((r["seed"] for r in shown), default=0)
+    recs = {r["quantizer"]: r for r in shown if r["bits"] == top and r["seed"] == first}
     datasets = sorted({r["dataset"] for r in rows})
     ncols = max(len(recs) + 1, len(datasets))
     fig, axes = plt.subplots(2, ncols, figsize=(2.4 * ncols, 5.6), squeeze=False)
@@ -398,6 +407,34 @@ def plot(rows: list[dict], summary: dict, data: Patches, path: Path) -> None:
     fig.savefig(path, dpi=80)
 
 
+def load_rows(path: Path) -> list[dict]:
+    """Rows of a run: its JSON output, or the per-cell lines of its stderr log (a run cut off before the end)."""
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["rows"]
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"dataset"')]
+    return [r for r in lines if "psnr" in r]
+
+
+def summarise_quality(rows: list[dict], rates: list[int], datasets: list[str], headline: dict, report: dict) -> dict:
+    """Tables on stderr, rows and summary into the report, headline PSNR and usage at the top rate."""
+    summary = summarise(rows)
+    for ds in datasets:
+        print(table(summary, ds), file=sys.stderr)
+    report["rows"] = [{k: v for k, v in r.items() if k != "rec"} for r in rows]
+    report["summary"] = summary
+    top = max(rates)
+    for ds in datasets:
+        headline[f"psnr_{top}bit_{ds}"] = {
+            c.split("/")[2]: round(s["psnr"], 2) for c, s in summary.items() if c.startswith(f"{ds}/{top}/")
+        }
+    for bits in rates:
+        headline[f"usage_{bits}bit_patches"] = {
+            c.split("/")[2]: [round(s["usage"], 4), round(s["usage_cap"], 4)]
+            for c, s in summary.items() if c.startswith(f"patches/{bits}/")
+        }  # fmt: skip
+    return summary
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     """Run quality (all rates, quantizers, seeds), then speed and memory; print the headline JSON line."""
@@ -406,11 +443,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help=f"training steps (default {STEPS})")
     ap.add_argument("--batch", type=int, default=None, help=f"batch size (default {BATCH})")
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick 1)")
+    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (to split seeds over processes)")
+    ap.add_argument("--merge", default="", help="JSON outputs or stderr logs (comma list): summarise, train nothing")
     ap.add_argument("--rates", default=None, help="bits per token (default 8,12,16; --quick 8,16)")
     ap.add_argument("--datasets", default="patches,digits")
     ap.add_argument("--quantizers", default=",".join(QUANTIZERS))
     ap.add_argument("--usage-factor", type=float, default=8.0, help="usage over this many x K tokens ...")
-    ap.add_argument("--usage-max", type=int, default=1 << 16, help="... but at most this many (cost: tokens x K)")
+    ap.add_argument("--usage-max", type=int, default=1 << 18, help="... but at most this many (cost: tokens x K)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: quality,speed,memory")
     ap.add_argument("--plot", default=str(ROOT / "docs" / "latent_tokenizers.png"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "latent_tokenizers.json"))
@@ -418,12 +457,25 @@ def main() -> None:
     # training runs on one thread (small convs; on a shared machine idle OpenMP threads spin); timings on two
     torch.set_num_threads(1)
     skip = set(filter(None, args.skip.split(",")))
-    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    seeds = list(range(args.seed_offset, args.seed_offset + (args.seeds or (1 if args.quick else 3))))
     rates = [int(r) for r in (args.rates or ("8,16" if args.quick else "8,12,16")).split(",")]
     headline: dict = {"quick": args.quick, "seeds": len(seeds)}
     report: dict = {"args": vars(args)}
 
-    if "quality" not in skip:
+    if args.merge:  # rows of earlier runs (e.g. one process per dataset), summarised together
+        rows = [r for f in args.merge.split(",") for r in load_rows(Path(f))]
+        report["merged"] = args.merge.split(",")
+        for f in args.merge.split(","):  # reconstructions for the plot, where the run saved them
+            if Path(f).with_suffix(".recs.npz").exists():
+                recs = np.load(Path(f).with_suffix(".recs.npz"))
+                for r in rows:
+                    r.setdefault("rec", recs.get(f"{r['dataset']}/{r['bits']}/{r['quantizer']}/{r['seed']}"))
+        if args.plot and any(r.get("rec") is not None for r in rows):
+            plot(rows, summarise(rows), Patches(), Path(args.plot))
+        summarise_quality(rows, sorted({r["bits"] for r in rows}), list(dict.fromkeys(r["dataset"] for r in rows)),
+                          headline, report)  # fmt: skip
+        headline["seeds"] = len({r["seed"] for r in rows})
+    elif "quality" not in skip:
         rows: list[dict] = []
         sets = {"patches": Patches, "digits": Digits}
         loaded = {n: sets[n]() for n in args.datasets.split(",")}
@@ -439,20 +491,11 @@ def main() -> None:
                         rows.append(row)
                         brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "rec"}
                         print(json.dumps(brief), file=sys.stderr, flush=True)
-        summary = summarise(rows)
-        for ds in loaded:
-            print(table(summary, ds), file=sys.stderr)
-        report["rows"] = [{k: v for k, v in r.items() if k != "rec"} for r in rows]
-        report["summary"] = summary
-        top = max(rates)
-        for ds in loaded:
-            headline[f"psnr_{top}bit_{ds}"] = {
-                c.split("/")[2]: round(s["psnr"], 2) for c, s in summary.items() if c.startswith(f"{ds}/{top}/")
-            }
-        headline[f"usage_{top}bit_patches"] = {
-            c.split("/")[2]: [round(s["usage"], 4), round(s["usage_cap"], 4)]
-            for c, s in summary.items() if c.startswith(f"patches/{top}/")
-        }  # fmt: skip
+        summary = summarise_quality(rows, rates, list(loaded), headline, report)
+        if args.out and "patches" in loaded:  # the top rate's first-seed reconstructions, for --merge's plot
+            top = [r for r in rows if r["dataset"] == "patches" and r["bits"] == max(rates) and r["seed"] == seeds[0]]
+            named = {f"patches/{r['bits']}/{r['quantizer']}/{r['seed']}": r["rec"] for r in top}
+            np.savez_compressed(Path(args.out).with_suffix(".recs.npz"), **named)
         if args.plot and "patches" in loaded:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             plot(rows, summary, loaded["patches"], Path(args.plot))

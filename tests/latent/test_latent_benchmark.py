@@ -31,3 +31,34 @@ def test_benchmark_cells_and_summary() -> None:
     summary = bench.summarise(rows + [dict(rows[0], seed=1, psnr=rows[0]["psnr"] + 1.0)])
     assert summary["digits/8/FSQ"]["seeds"] == 2 and summary["digits/8/FSQ"]["psnr_sd"] > 0
     assert "| 8 | GQ |" in bench.table(summary, "digits")
+
+
+def test_dead_code_threshold_scales_with_the_uniform_share() -> None:
+    bench = _bench()
+    vq, _ = bench.make_quantizer("VQ", 8, tokens_per_step=256)
+    assert vq.dead_code_threshold == pytest.approx(bench.DEAD_SHARE)  # a uniform code gets 1 hit per step
+    vq16, _ = bench.make_quantizer("VQ", 16, tokens_per_step=512)
+    assert vq16.dead_code_threshold == pytest.approx(bench.DEAD_SHARE * 512 / 65536)
+    rvq, _ = bench.make_quantizer("RVQ", 16, tokens_per_step=512)
+    assert rvq.layers[0].dead_code_threshold == pytest.approx(bench.DEAD_SHARE * 2)  # 2 stages of 256 codes
+
+
+def test_summarise_quality_reports_usage_at_every_rate(capsys) -> None:
+    bench = _bench()
+    rows = [
+        {"dataset": "patches", "quantizer": "FSQ", "bits": b, "seed": 0, "psnr": 20.0, "ssim": 0.5, "usage": 0.9,
+         "perplexity": 9.0, "usage_cap": 1.0, "usage_tokens": 100, "train_s": 1.0}
+        for b in (8, 12)
+    ]  # fmt: skip
+    headline, report = {}, {}
+    bench.summarise_quality(rows, [8, 12], ["patches"], headline, report)
+    assert headline["usage_8bit_patches"]["FSQ"] == [0.9, 1.0] and "usage_12bit_patches" in headline
+    assert headline["psnr_12bit_patches"] == {"FSQ": 20.0} and len(report["rows"]) == 2
+    assert "| 12 | FSQ |" in capsys.readouterr().err
+
+
+def test_load_rows_from_a_cut_off_log(tmp_path) -> None:
+    bench = _bench()
+    log = tmp_path / "run.txt"
+    log.write_text('{"dataset": "digits", "quantizer": "FSQ", "bits": 8, "seed": 0, "psnr": 12.0}\nTraceback\n')
+    assert bench.load_rows(log) == [{"dataset": "digits", "quantizer": "FSQ", "bits": 8, "seed": 0, "psnr": 12.0}]

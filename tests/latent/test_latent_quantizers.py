@@ -252,6 +252,32 @@ def test_tdc_weights_move_and_persist() -> None:
     assert float(loss.detach()) > float(plain.detach())
 
 
+
+def test_tdc_global_weight_does_not_cancel_lam_max() -> None:
+    """Mixed batch (mean KL below target, some groups above the band): by default the above-band groups' weight
+    grows with lam_max; the optional global lam shrinks with the mean and cancels it (the old default)."""
+    mu = torch.zeros(4, 8)
+    mu[0] = 3.0  # one token's two groups far above the 8.5-bit band, the rest at 0 bits: mean below 8
+    lv = torch.zeros(4, 8)
+    plain, tracked = GaussianQuant(8, 256, group=4).train(), GaussianQuant(8, 256, group=4, tdc_global_weight=True)
+    tracked.train()
+    for _ in range(50):
+        plain.tdc_loss(mu, lv)
+        tracked.tdc_loss(mu, lv)
+    loss, stats = plain.eval().tdc_loss(mu, lv)  # eval: the weights stay as they are
+    loss_g, _ = tracked.eval().tdc_loss(mu, lv)
+    assert stats["bits_mean"] < 8.0 and stats["bits_max"] > 8.5
+    kl = plain.tdc.group_kl_bits(mu, lv)
+    above = kl[kl > 8.5].sum() / 4
+    # lam is tracked (state_dict, statistics) but not applied by default
+    assert float(plain.tdc.lam) == pytest.approx(1.01**-50)
+    w = float(plain.tdc.lam_max)
+    assert w == pytest.approx(1.01**50)
+    assert float(loss) == pytest.approx(w * float(above) + float(plain.tdc.lam_min) * float(kl[kl < 7.5].sum() / 4))
+    # applied, lam x lam_max stays ~1: the groups above the band are penalised no more than the plain KL
+    assert float(loss_g) == pytest.approx(float(loss) * 1.01**-50, rel=1e-5)
+    assert float(loss_g) <= float(above) * 1.0001
+
 def test_usage_statistics() -> None:
     q = FSQ([4, 4])
     q.reset_usage()
