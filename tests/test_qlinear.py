@@ -101,3 +101,25 @@ def test_dense_bf16_gemv_matches_linear():
     assert y.dtype == torch.bfloat16 and (y.double() - ref).abs().max() < 1e-2 * ref.abs().max()
     lin.register_forward_hook(lambda mod, inp, out: out * 0)  # hooks are honoured: the module itself runs
     assert dense_linear(x, lin).abs().max() == 0
+
+
+def test_portable_build_reads_fp16_scales_exactly():
+    """Without -march=native (no F16C) the kernels convert the fp16 scales in C: every class of half value."""
+    import ctypes
+
+    from lowbit.kernels import qlinear
+    from lowbit.kernels._build import build_shared, compiler
+
+    if compiler() is None:
+        pytest.skip("no C compiler")
+    lib = ctypes.CDLL(str(build_shared(qlinear._SOURCE, compiler(), [qlinear._FLAGS])))
+    halves = torch.tensor([1.0, -2.5, 6e-8, -3e-6, 6.1e-5, 65504.0, 0.0, 1 / 3], dtype=torch.float16)
+    n, k = halves.numel(), 16
+    codes = torch.randint(0, 256, (n, k), dtype=torch.uint8)
+    zeros = torch.randint(0, 256, (n, 1), dtype=torch.uint8)
+    out = torch.empty(n, k)
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.lbq_dequant.argtypes = [p, i64, i64, i64, ctypes.c_int, i64, i64, p, p, i64, ctypes.c_int, p]
+    lib.lbq_dequant(codes.data_ptr(), n, k, k, 8, k, 1, halves.view(n, 1).data_ptr(), zeros.data_ptr(), 1, 0,
+                    out.data_ptr())
+    assert torch.equal(out, (codes.float() - zeros.float()) * halves.float().view(n, 1))

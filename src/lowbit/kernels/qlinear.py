@@ -84,6 +84,11 @@ def _ptr(t: torch.Tensor) -> int:
 _scratch = threading.local()
 
 
+def _ptr_or_none(t: torch.Tensor | None) -> int | None:
+    """_ptr(t), or None (a NULL pointer) for no tensor."""
+    return None if t is None else _ptr(t)
+
+
 def _scratch_matrix(n: int, k: int, dtype: torch.dtype, tag: str = "buf") -> torch.Tensor:
     """A reused [n, k] buffer (one per thread, tag and dtype; no page faults per call)."""
     key = f"{tag}_{dtype}"
@@ -235,7 +240,10 @@ class PackedLinear(nn.Module):
                 return "int4pack"
         lib = _get_lib() if want in ("auto", "c", "c-int8") else None
         if lib is not None and (glen % 8 == 0 or groups == 1):
-            self._kernel = {"name": "c", "lib": lib, "s": s, "z": z, "per_row": int(s.shape[0] == n)}
+            # the C kernels read the stored fp16 scales and uint8 zero codes (None: symmetric), no float copies
+            z8 = None if spec.symmetric else unpack(self.qzeros, spec.bits, groups).contiguous()
+            self._kernel = {"name": "c", "lib": lib, "s": self.scales.to(torch.float16).contiguous(), "z": z8,
+                            "per_row": int(s.shape[0] == n)}
             # 4-bit with bf16 activations: exact bf16 dot products (vdpbf16ps) instead of float unpacking
             self._kernel["q4bf16"] = bool(spec.bits == 4 and k % 128 == 0 and (k if groups == 1 else glen) % 128 == 0
                                           and lib.lbq_has_q4bf16())
@@ -264,7 +272,7 @@ class PackedLinear(nn.Module):
         else:
             glen = k if s.shape[1] == 1 else k // s.shape[1]
             lib.lbq_dequant(_ptr(self.qweight), n, k, self.qweight.shape[1], self.spec.bits, glen, s.shape[1],
-                            _ptr(s), _ptr(z), kern["per_row"], int(dtype == torch.bfloat16), _ptr(out))
+                            _ptr(s), _ptr_or_none(z), kern["per_row"], int(dtype == torch.bfloat16), _ptr(out))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,7 +316,7 @@ class PackedLinear(nn.Module):
         lib = kern["lib"]
         lib.lbq_set_threads(torch.get_num_threads())
         lib.lbq_gemm(_ptr(xf), xf.shape[0], k8, _ptr(self.qweight), self.out_features, self.qweight.shape[1],
-                     self.spec.bits, glen, groups, _ptr(s), _ptr(z), kern["per_row"],
+                     self.spec.bits, glen, groups, _ptr(s), _ptr_or_none(z), kern["per_row"],
                      None if bias is None else _ptr(bias), _ptr(xsum), _ptr(y))
         return y
 
@@ -322,7 +330,7 @@ class PackedLinear(nn.Module):
         scratch = _scratch_matrix(1, rows * (2 * k + 4 * groups), torch.int8, "q4")  # permuted x, then sums
         y = torch.empty(rows, self.out_features, dtype=torch.bfloat16)
         kern["lib"].lbq_gemv_q4_bf16(_ptr(xin), rows, k, _ptr(self.qweight), self.out_features, self.qweight.shape[1],
-                                     k // groups, groups, _ptr(s), _ptr(z), kern["per_row"],
+                                     k // groups, groups, _ptr(s), _ptr_or_none(z), kern["per_row"],
                                      None if bias is None else _ptr(bias), _ptr(y), 1, _ptr(scratch),
                                      _ptr(scratch) + rows * 2 * k, torch.get_num_threads())
         return y
@@ -331,11 +339,11 @@ class PackedLinear(nn.Module):
         """Decode through the int8-activation kernel; bf16 and fp32 activations are read and written as they are."""
         kern = self._kernel
         if "args" not in kern:  # everything but the activations, fixed once prepared
-            s16, z8 = self._int8_ranges()
-            k, groups = self.in_features, s16.shape[1]
+            s, z = kern["s"], kern["z"]
+            k, groups = self.in_features, s.shape[1]
             bias = self._bias32()
             kern["args"] = (k, _ptr(self.qweight), self.out_features, self.qweight.shape[1], self.spec.bits,
-                            k // groups, groups, _ptr(s16), None if z8 is None else _ptr(z8), kern["per_row"],
+                            k // groups, groups, _ptr(s), _ptr_or_none(z), kern["per_row"],
                             None if bias is None else _ptr(bias))
         rows = x2.shape[0]
         xin = x2 if x2.dtype in (torch.bfloat16, torch.float32) else x2.float()
@@ -348,15 +356,6 @@ class PackedLinear(nn.Module):
         kern["lib"].lbq_linear_i8(_ptr(xin), is_bf16, rows, *kern["args"], _ptr(y), is_bf16, base,
                                   base + rows * k, base + rows * (k + 4 * groups), torch.get_num_threads())
         return y if y.dtype == x2.dtype else y.to(x2.dtype)
-
-    def _int8_ranges(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The int8 kernel's scales (the stored fp16 ones) and zero codes (uint8; None when symmetric), cached."""
-        kern = self._kernel
-        if "s16" not in kern:
-            kern["s16"] = self.scales.to(torch.float16).contiguous()
-            kern["z8"] = None if self.spec.symmetric else \
-                unpack(self.qzeros, self.spec.bits, self.scales.shape[1]).contiguous()
-        return kern["s16"], kern["z8"]
 
     def _bias32(self) -> torch.Tensor | None:
         """The bias as fp32, cached with the kernel state."""
@@ -382,13 +381,8 @@ class FusedLinears:
         rows, off = [], 0
         for m in layers:
             kern, b = m._kernel, m._bias32()
-            if mode == 0:  # the int8 kernel reads the fp16 scales and uint8 zeros (0: symmetric)
-                s16, z8 = m._int8_ranges()
-                ranges = [_ptr(s16), 0 if z8 is None else _ptr(z8)]
-            else:
-                ranges = [_ptr(kern["s"]), _ptr(kern["z"])]
-            rows.append([_ptr(m.qweight), m.out_features, m.qweight.shape[1], *ranges,
-                         kern["per_row"], 0 if b is None else _ptr(b), off])
+            rows.append([_ptr(m.qweight), m.out_features, m.qweight.shape[1], _ptr(kern["s"]),
+                         _ptr_or_none(kern["z"]) or 0, kern["per_row"], 0 if b is None else _ptr(b), off])
             off += m.out_features
         self.desc = torch.tensor(rows, dtype=torch.int64)
         self.total = off

@@ -9,11 +9,37 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 static int n_threads = 1;
+
+/* Scales are the checkpoint's fp16 [R, G] (R = N rows, or 1 for one scale per tensor) and zeros its uint8
+ * zero codes [R, G], or NULL for symmetric codes (zero 2^(bits-1)); the kernels keep no float copies. */
+static inline float h2f(uint16_t h) { /* IEEE half to float, exact */
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+    if (e == 0 && m == 0) u = sign;
+    else if (e == 0) { /* subnormal: m * 2^-24, normalised */
+        e = 113;
+        while (!(m & 0x400u)) { m <<= 1; e--; }
+        u = sign | (e << 23) | ((m & 0x3ffu) << 13);
+    } else if (e == 31) u = sign | 0x7f800000u | (m << 13);
+    else u = sign | ((e + 112) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+static inline float zero_of(const uint8_t *zp, int64_t g, int bits) {
+    return zp ? (float)zp[g] : (float)(1 << (bits - 1));
+}
 
 void lbq_set_threads(int n) { n_threads = n > 0 ? n : 1; }
 
@@ -108,10 +134,10 @@ static inline float dot_group(const uint8_t *p, const float *x, int64_t len, int
     return tail;
 }
 
-/* x [M, K] fp32 (K a multiple of 8, zero padded by the caller), qw [N, row_bytes], scales/zeros [R, G] fp32
+/* x [M, K] fp32 (K a multiple of 8, zero padded by the caller), qw [N, row_bytes], scales/zeros [R, G]
  * with R = N (rows) or 1 (one scale per tensor), xsum scratch [M, G], y [M, N]. */
 void lbq_gemm(const float *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N, int64_t row_bytes, int bits,
-              int64_t group, int64_t G, const float *scales, const float *zeros, int64_t per_row,
+              int64_t group, int64_t G, const uint16_t *scales, const uint8_t *zeros, int64_t per_row,
               const float *bias, float *xsum, float *y) {
     for (int64_t m = 0; m < M; m++)
         for (int64_t g = 0; g < G; g++) {
@@ -124,8 +150,8 @@ void lbq_gemm(const float *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = qw + n * row_bytes;
-        const float *sc = scales + (per_row ? n * G : 0);
-        const float *zp = zeros + (per_row ? n * G : 0);
+        const uint16_t *sc = scales + (per_row ? n * G : 0);
+        const uint8_t *zp = zeros ? zeros + (per_row ? n * G : 0) : NULL;
         for (int64_t m = 0; m < M; m++) {
             const float *xm = x + m * K;
             const float *xs = xsum + m * G;
@@ -140,11 +166,11 @@ void lbq_gemm(const float *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N
 #ifdef LBQ_AVX512
                 __m512 v;
                 float d = dot_group(row + g * group_bytes, xm + start, len, bits, last, &v);
-                accv = _mm512_fmadd_ps(_mm512_set1_ps(sc[g]), v, accv);
+                accv = _mm512_fmadd_ps(_mm512_set1_ps(h2f(sc[g])), v, accv);
 #else
                 float d = dot_group(row + g * group_bytes, xm + start, len, bits, last);
 #endif
-                acc += sc[g] * (d - zp[g] * xs[g]);
+                acc += h2f(sc[g]) * (d - zero_of(zp, g, bits) * xs[g]);
             }
 #ifdef LBQ_AVX512
             acc += _mm512_reduce_add_ps(accv);
@@ -180,20 +206,20 @@ static inline __m512 load16(const uint8_t *row, int64_t k, int bits) {
 
 /* Dequantize the packed row layout to [N, K] bf16 (out_bf16 = 1, uint16 bits) or fp32, for prefill. */
 void lbq_dequant(const uint8_t *qw, int64_t N, int64_t K, int64_t row_bytes, int bits, int64_t group,
-                 int64_t G, const float *scales, const float *zeros, int64_t per_row, int out_bf16, void *out) {
+                 int64_t G, const uint16_t *scales, const uint8_t *zeros, int64_t per_row, int out_bf16, void *out) {
     const uint64_t mask = (1u << bits) - 1u;
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = qw + n * row_bytes;
-        const float *sc = scales + (per_row ? n * G : 0);
-        const float *zp = zeros + (per_row ? n * G : 0);
+        const uint16_t *sc = scales + (per_row ? n * G : 0);
+        const uint8_t *zp = zeros ? zeros + (per_row ? n * G : 0) : NULL;
         uint16_t *ob = (uint16_t *)out + n * K;
         float *of = (float *)out + n * K;
         int64_t k0 = 0;
 #ifdef LBQ_AVX512
         if ((bits == 2 || bits == 4 || bits == 8) && group % 16 == 0) {
             for (int64_t g = 0; g < G; g++) {
-                __m512 vs = _mm512_set1_ps(sc[g]), vz = _mm512_set1_ps(zp[g]);
+                __m512 vs = _mm512_set1_ps(h2f(sc[g])), vz = _mm512_set1_ps(zero_of(zp, g, bits));
                 for (int64_t k = g * group; k < (g + 1) * group && k + 16 <= K; k += 16) {
                     __m512 w = _mm512_mul_ps(_mm512_sub_ps(load16(row, k, bits), vz), vs);
 #ifdef __AVX512BF16__
@@ -211,7 +237,7 @@ void lbq_dequant(const uint8_t *qw, int64_t N, int64_t K, int64_t row_bytes, int
             memcpy(&v, row + k0 / 8 * bits, (size_t)bits);
             for (int j = 0; j < 8 && k0 + j < K; j++) {
                 int64_t g = (k0 + j) / group;
-                float w = ((float)((v >> (j * bits)) & mask) - zp[g]) * sc[g];
+                float w = ((float)((v >> (j * bits)) & mask) - zero_of(zp, g, bits)) * h2f(sc[g]);
                 if (out_bf16) ob[k0 + j] = to_bf16(w); else of[k0 + j] = w;
             }
         }
@@ -338,10 +364,10 @@ static inline int64_t ahead_of(int64_t row_bytes) {
                 LBQ_DOT64(BITS, i2, w2, xc, mask);                                                         \
                 LBQ_DOT64(BITS, i3, w3, xc, mask);                                                         \
             }                                                                                              \
-            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_set1_ps(_cvtsh_ss(sc0[g]) * xs[g]), a0);    \
-            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(_cvtsh_ss(sc0[scs + g]) * xs[g]), a1); \
-            a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i2), _mm512_set1_ps(_cvtsh_ss(sc0[2 * scs + g]) * xs[g]), a2); \
-            a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i3), _mm512_set1_ps(_cvtsh_ss(sc0[3 * scs + g]) * xs[g]), a3); \
+            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_set1_ps(h2f(sc0[g]) * xs[g]), a0);    \
+            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(h2f(sc0[scs + g]) * xs[g]), a1); \
+            a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i2), _mm512_set1_ps(h2f(sc0[2 * scs + g]) * xs[g]), a2); \
+            a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i3), _mm512_set1_ps(h2f(sc0[3 * scs + g]) * xs[g]), a3); \
         }                                                                                                  \
         out[0] = _mm512_reduce_add_ps(a0);                                                                 \
         out[1] = _mm512_reduce_add_ps(a1);                                                                 \
@@ -369,7 +395,7 @@ static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *x
                 else if (bits == 4) LBQ_DOT64(4, ai, w, xc, mask);
                 else LBQ_DOT64(8, ai, w, xc, mask);
             }
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_set1_ps(_cvtsh_ss(sc[g]) * xs[g]), acc);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_set1_ps(h2f(sc[g]) * xs[g]), acc);
         }
         return _mm512_reduce_add_ps(acc);
     }
@@ -383,7 +409,7 @@ static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *x
         else if (bits == 4) LBQ_DOT64(4, ai, w, xc, mask);
         else LBQ_DOT64(8, ai, w, xc, mask);
         float cs[16];
-        for (int q = 0; q < r; q++) cs[q] = _cvtsh_ss(sc[c * r + q]) * xs[c * r + q];
+        for (int q = 0; q < r; q++) cs[q] = h2f(sc[c * r + q]) * xs[c * r + q];
         __m512 sv = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(cs));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sv, acc);
     }
@@ -392,13 +418,11 @@ static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *x
 
 /* y [M, N] (fp32, or bf16 bits when y_bf16) = x W^T + bias from lbq_quant_act's output. Needs the row
  * length K * bits / 8 a multiple of 64 and the group's bytes a multiple of 64 or one of 16, 32.
- * Scales are the stored fp16 [R, G] and zeros uint8 codes [R, G], or NULL for symmetric codes (zero
- * 2^(bits-1)): 2 (or 3) bytes per group instead of 8 for fp32 scales and zeros, which decode reads with the codes. */
+ * Scales and zeros as everywhere here (fp16; uint8 or NULL), read per group with the codes. */
 void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t K,
                  const uint8_t *qw, int64_t N, int64_t row_bytes, int bits, int64_t group, int64_t G,
                  const uint16_t *scales, const uint8_t *zeros, int64_t per_row, const float *bias, void *y,
                  int y_bf16) {
-    const float zsym = (float)(1 << (bits - 1));
     const int64_t gb = group * bits / 8, chunks = K * bits / 8 / 64;
     const int four = gb >= 64 && per_row;
 #pragma omp parallel for num_threads(n_threads) schedule(static)
@@ -427,10 +451,10 @@ void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t
                 float c0 = 0, c1 = 0;
                 int64_t g = 0;
                 for (; g + 1 < G; g += 2) {
-                    c0 += _cvtsh_ss(sc[g]) * (zp ? (float)zp[g] : zsym) * xsm[g] * (float)xsum_m[g];
-                    c1 += _cvtsh_ss(sc[g + 1]) * (zp ? (float)zp[g + 1] : zsym) * xsm[g + 1] * (float)xsum_m[g + 1];
+                    c0 += h2f(sc[g]) * zero_of(zp, g, bits) * xsm[g] * (float)xsum_m[g];
+                    c1 += h2f(sc[g + 1]) * zero_of(zp, g + 1, bits) * xsm[g + 1] * (float)xsum_m[g + 1];
                 }
-                if (g < G) c0 += _cvtsh_ss(sc[g]) * (zp ? (float)zp[g] : zsym) * xsm[g] * (float)xsum_m[g];
+                if (g < G) c0 += h2f(sc[g]) * zero_of(zp, g, bits) * xsm[g] * (float)xsum_m[g];
                 float v = dots[r] - (c0 + c1) + (bias ? bias[n] : 0.0f);
                 if (y_bf16) ((uint16_t *)y)[m * N + n] = to_bf16(v);
                 else ((float *)y)[m * N + n] = v;
@@ -532,13 +556,14 @@ static void q4_prep(const uint16_t *x, int64_t M, int64_t K, int64_t group, int6
 }
 
 static void q4_core(const uint16_t *xp, const float *xsum, int64_t M, int64_t K, const uint8_t *qw, int64_t N,
-                    int64_t row_bytes, int64_t group, int64_t G, const float *scales, const float *zeros,
+                    int64_t row_bytes, int64_t group, int64_t G, const uint16_t *scales, const uint8_t *zeros,
                     int64_t per_row, const float *bias, void *y, int y_bf16) {
     const int64_t cpg = group / 128, ahead = ahead_of(row_bytes);
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = qw + n * row_bytes;
-        const float *sc = scales + (per_row ? n * G : 0), *zp = zeros + (per_row ? n * G : 0);
+        const uint16_t *sc = scales + (per_row ? n * G : 0);
+        const uint8_t *zp = zeros ? zeros + (per_row ? n * G : 0) : NULL;
         for (int64_t m = 0; m < M; m++) {
             const uint16_t *pm = xp + m * K;
             const float *xs = xsum + m * G;
@@ -550,8 +575,9 @@ static void q4_core(const uint16_t *xp, const float *xsum, int64_t M, int64_t K,
                     _mm_prefetch((const char *)(row + ahead + c * 64), _MM_HINT_T1);
                     ag = dot128_q4(ag, _mm512_loadu_si512(row + c * 64), pm + c * 128);
                 }
-                acc = _mm512_fmadd_ps(ag, _mm512_set1_ps(sc[g]), acc);
-                corr += sc[g] * (zp[g] + 128.f) * xs[g];
+                const float s = h2f(sc[g]);
+                acc = _mm512_fmadd_ps(ag, _mm512_set1_ps(s), acc);
+                corr += s * (zero_of(zp, g, 4) + 128.f) * xs[g];
             }
             float v = _mm512_reduce_add_ps(acc) - corr + (bias ? bias[n] : 0.0f);
             if (y_bf16) ((uint16_t *)y)[m * N + n] = to_bf16(v);
@@ -563,7 +589,7 @@ static void q4_core(const uint16_t *xp, const float *xsum, int64_t M, int64_t K,
 /* x bf16 [M, K] (K a multiple of 128), qw 4-bit rows, groups of `group` (a multiple of 128) codes; xp [M, K]
  * and xsum [M, G] scratch. */
 void lbq_gemv_q4_bf16(const uint16_t *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N, int64_t row_bytes,
-                      int64_t group, int64_t G, const float *scales, const float *zeros, int64_t per_row,
+                      int64_t group, int64_t G, const uint16_t *scales, const uint8_t *zeros, int64_t per_row,
                       const float *bias, void *y, int y_bf16, uint16_t *xp, float *xsum, int threads) {
     n_threads = threads > 0 ? threads : 1;
     q4_prep(x, M, K, group, G, xp, xsum);
@@ -572,7 +598,7 @@ void lbq_gemv_q4_bf16(const uint16_t *x, int64_t M, int64_t K, const uint8_t *qw
 #else
 int lbq_has_q4bf16(void) { return 0; }
 void lbq_gemv_q4_bf16(const uint16_t *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N, int64_t row_bytes,
-                      int64_t group, int64_t G, const float *scales, const float *zeros, int64_t per_row,
+                      int64_t group, int64_t G, const uint16_t *scales, const uint8_t *zeros, int64_t per_row,
                       const float *bias, void *y, int y_bf16, uint16_t *xp, float *xsum, int threads) {
     (void)x; (void)M; (void)K; (void)qw; (void)N; (void)row_bytes; (void)group; (void)G; (void)scales;
     (void)zeros; (void)per_row; (void)bias; (void)y; (void)y_bf16; (void)xp; (void)xsum; (void)threads;
@@ -640,8 +666,7 @@ void lbq_attn1(const float *q, const float *K, const float *V, int64_t nh, int64
 /* Several matrices that read the same activation row (q, k and v; gate and up), for one row: the activation
  * is quantized (mode 0, int8 kernel) or permuted (mode 1, exact 4-bit bf16 kernel) once, then every matrix
  * writes its outputs at its offset in y. desc holds 8 int64 per matrix: qweight, N, row_bytes, scales,
- * zeros, per_row, bias (0: none), offset into y; scales and zeros as each kernel takes them (mode 0: fp16 and
- * uint8 or 0, as lbq_gemv_i8; mode 1: fp32, as q4_core). */
+ * zeros (0: symmetric), per_row, bias (0: none), offset into y. */
 void lbq_multi(const int64_t *desc, int nmat, const void *x, int x_bf16, int64_t K, int bits, int64_t group,
                int64_t G, int mode, void *y, int y_bf16, void *scratch, int threads) {
     n_threads = threads > 0 ? threads : 1;
@@ -660,8 +685,8 @@ void lbq_multi(const int64_t *desc, int nmat, const void *x, int x_bf16, int64_t
             lbq_gemv_i8(xq, xs, xsum, 1, K, (const uint8_t *)d[0], d[1], d[2], bits, group, G, (const uint16_t *)d[3],
                         (const uint8_t *)d[4], d[5], (const float *)d[6], yi, y_bf16);
         else
-            q4_core(xp, xs, 1, K, (const uint8_t *)d[0], d[1], d[2], group, G, (const float *)d[3],
-                    (const float *)d[4], d[5], (const float *)d[6], yi, y_bf16);
+            q4_core(xp, xs, 1, K, (const uint8_t *)d[0], d[1], d[2], group, G, (const uint16_t *)d[3],
+                    (const uint8_t *)d[4], d[5], (const float *)d[6], yi, y_bf16);
     }
 #else
     (void)desc; (void)nmat; (void)x; (void)x_bf16; (void)K; (void)bits; (void)group; (void)G; (void)mode; (void)y;
