@@ -87,6 +87,37 @@ def test_awq_beats_rtn_at_3_bits():
     assert errs[True] < errs[False]
 
 
+def test_awq_scale_search_minimises_the_inspected_modules_output():
+    # As llm-awq's auto_scale: q/k/v are judged on the attention output, gate/up on the MLP output, down on its own.
+    from lowbit.ptq.awq import _fake_quant, inspected_module, module_calls, search_scale
+    from lowbit.ptq.scaling import input_stats, scale_groups
+
+    _, block, inputs = _block_and_inputs(outlier=10.0)
+    groups = {g.consumers[0]: g for g in scale_groups(block)}
+    assert [inspected_module(g) for g in groups.values()] == ["self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj"]
+    group, spec = groups["self_attn.q_proj"], WeightSpec(3, 32)
+    mods = dict(block.named_modules())
+    layers = [mods[c] for c in group.consumers]
+    before = [lin.weight.data.clone() for lin in layers]
+    calls = module_calls(block, "self_attn", inputs)
+    assert len(calls) == len(inputs.hidden) and calls[0][2].shape == inputs.hidden[0].shape
+    x_mean = input_stats(block, inputs, [group.consumers[0]])[group.consumers[0]].absmean
+    s = search_scale(mods["self_attn"], calls, x_mean, layers, spec, 8)
+    assert all(torch.equal(lin.weight.data, w) for lin, w in zip(layers, before, strict=True))  # restored
+
+    def err(scale):
+        for lin, w in zip(layers, before, strict=True):
+            lin.weight.data = _fake_quant(w * scale, spec) / scale
+        with torch.no_grad():
+            e = sum((mods["self_attn"](*a, **k)[0] - ref).pow(2).sum().item() for a, k, ref in calls)
+        for lin, w in zip(layers, before, strict=True):
+            lin.weight.data = w
+        return e
+
+    grid = [x_mean.pow(i / 8) / (x_mean.pow(i / 8).max() * x_mean.pow(i / 8).min()).sqrt() for i in range(8)]
+    assert err(s) <= min(err(g) for g in grid) + 1e-9 and err(s) < err(torch.ones_like(x_mean))
+
+
 def test_cfp_threshold_separates_planted_outliers():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(4096, generator=g).abs()

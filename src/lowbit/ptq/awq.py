@@ -1,9 +1,11 @@
 """AWQ (Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and Acceleration", MLSys 2024).
 
 Per group of linear layers reading one tensor: search s = mean|x|^alpha (alpha on a grid, s normalised by
-sqrt(max s * min s)) minimising the error of the group's outputs when the scaled weights are quantized;
-fold s exactly into the producer. Then, per linear layer, search a clipping ratio per output row and weight
-group minimising the output error, and clamp the weights to it. The inner method (RTN, or GPTQ) quantizes.
+sqrt(max s * min s)) minimising the error of the output of the module the group feeds when the scaled weights
+are quantized (as llm-awq's `auto_scale`: the attention module for q/k/v, the MLP for gate/up, the layer itself
+for up -> down and v -> o), over all calibration tokens; fold s exactly into the producer. Then, per linear
+layer, search a clipping ratio per output row and weight group minimising that layer's output error on sampled
+tokens, and clamp the weights to it. The inner method (RTN, or GPTQ) quantizes.
 """
 
 from __future__ import annotations
@@ -13,26 +15,77 @@ from torch import nn
 
 from lowbit.formats import dequantize, fit_scale_zero, quantize
 from lowbit.ptq.config import AWQConfig
-from lowbit.ptq.scaling import fold, input_stats, scale_groups
+from lowbit.ptq.scaling import ScaleGroup, fold, input_stats, scale_groups
 from lowbit.quantizers import QuantizedWeight, WeightSpec, quantize_weight
+from lowbit.quantizers.activation import fp_activations
 
 
 def _fake_quant(w: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
     return quantize_weight(w, spec).dequantize()
 
 
-def search_scale(x: torch.Tensor, x_mean: torch.Tensor, weights: list[torch.Tensor], spec: WeightSpec,
-                 n_grid: int) -> torch.Tensor:
-    """The per-channel scale minimising ||x W^T - x (Q(W s) / s)^T||^2 summed over the consumers."""
-    ref = [x @ w.float().T for w in weights]
+class _Stop(Exception):
+    """Raised by a hook once the inspected module has produced its output (the rest of the block is skipped)."""
+
+
+def _first(out: object) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value]
+
+
+def inspected_module(group: ScaleGroup) -> str:
+    """The module whose output AWQ's scale search compares: the consumers' parent (attention, MLP) for a norm
+    producer, the consumer itself for a linear producer (up -> down, v -> o)."""
+    if group.kind == "linear" or "." not in group.consumers[0]:
+        return group.consumers[0]
+    return group.consumers[0].rpartition(".")[0]
+
+
+def module_calls(block: nn.Module, name: str, inputs: object) -> list[tuple[tuple, dict, torch.Tensor]]:
+    """(args, kwargs, output) of every call of one submodule over the calibration batches (fp activations)."""
+    mod = block.get_submodule(name)
+    calls: list = []
+
+    def pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append([args, dict(kwargs), None])
+
+    def post(_m: nn.Module, _a: tuple, _k: dict, out: object) -> None:
+        calls[-1][2] = _first(out).detach().float()
+        raise _Stop
+
+    hooks = [mod.register_forward_pre_hook(pre, with_kwargs=True), mod.register_forward_hook(post, with_kwargs=True)]
+    try:
+        with torch.no_grad(), fp_activations(block):
+            for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True):  # type: ignore[attr-defined]
+                try:
+                    block(h, *a, **k)
+                except _Stop:
+                    pass
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return [tuple(c) for c in calls]
+
+
+def search_scale(module: nn.Module, calls: list[tuple[tuple, dict, torch.Tensor]], x_mean: torch.Tensor,
+                 layers: list[nn.Linear], spec: WeightSpec, n_grid: int) -> torch.Tensor:
+    """The per-channel scale s = mean|x|^alpha (alpha in 0, 1/n, ..., (n-1)/n) minimising the mean squared error
+    of `module`'s output over the recorded calls when each of `layers` holds Q(W s) / s; weights are restored."""
+    saved = [lin.weight.data for lin in layers]
+    total = sum(c[2].numel() for c in calls)
     best, best_s = float("inf"), torch.ones_like(x_mean)
-    for i in range(n_grid):
-        s = x_mean.clamp_min(1e-4).pow(i / n_grid)
-        s = s / (s.max() * s.min()).sqrt()
-        err = sum(((x @ (_fake_quant(w.float() * s, spec) / s).T - r) ** 2).mean().item()
-                  for w, r in zip(weights, ref, strict=True))
-        if err < best:
-            best, best_s = err, s
+    try:
+        with torch.no_grad(), fp_activations(module):
+            for i in range(n_grid):
+                s = x_mean.float().clamp_min(1e-4).pow(i / n_grid)
+                s = s / (s.max() * s.min()).sqrt()
+                for lin, w in zip(layers, saved, strict=True):
+                    lin.weight.data = (_fake_quant(w.float() * s, spec) / s).to(w.dtype)
+                err = sum((_first(module(*a, **k)).float() - ref).pow(2).sum().item() for a, k, ref in calls) / total
+                if err < best:
+                    best, best_s = err, s
+    finally:
+        for lin, w in zip(layers, saved, strict=True):
+            lin.weight.data = w
     return best_s
 
 
@@ -71,8 +124,10 @@ def awq_block(block: nn.Module, config: AWQConfig, inputs: object) -> dict[str, 
     spec = config.weight
     mods = dict(block.named_modules())
     for group in scale_groups(block):
-        st = input_stats(block, inputs, [group.consumers[0]], config.sample_tokens)[group.consumers[0]]
-        s = search_scale(st.sample, st.absmean, [mods[c].weight.data for c in group.consumers], spec, config.n_grid)
+        x_mean = input_stats(block, inputs, [group.consumers[0]])[group.consumers[0]].absmean
+        name = inspected_module(group)
+        s = search_scale(mods[name], module_calls(block, name, inputs), x_mean, [mods[c] for c in group.consumers],
+                         spec, config.n_grid)
         fold(block, group, s)
     if config.clip:
         linears = block_linears(block)

@@ -69,7 +69,7 @@ class AWQConfig(_Wrapping):
     clip: bool = True  # search a clipping ratio per output row and group
     clip_grid: int = 10
     max_shrink: float = 0.5
-    sample_tokens: int = 512  # calibration tokens per layer used by the searches
+    sample_tokens: int = 512  # calibration tokens per layer for the clipping search (as llm-awq)
     method = "awq"
     needs_calibration = True
 
