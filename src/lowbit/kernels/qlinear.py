@@ -99,6 +99,15 @@ def _scratch_matrix(n: int, k: int, dtype: torch.dtype, tag: str = "buf") -> tor
     return buf[: n * k].view(n, k)
 
 
+def _scratch_ptr(nbytes: int, tag: str) -> int:
+    """The address of a reused per-thread byte buffer of at least `nbytes` (decode calls' int8/sum scratch)."""
+    buf = _scratch.__dict__.get(tag)
+    if buf is None or buf.numel() < nbytes:
+        buf = torch.empty(max(nbytes, 1 << 16), dtype=torch.int8)
+        setattr(_scratch, tag, buf)
+    return buf.data_ptr()
+
+
 def _int4pack_unpack(w4: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Codes [n, k] back from torch's CPU int4 layout (n % 64 == 0: per 64 rows and per k, 32 bytes whose
     low nibble is row j and high nibble row j + 32)."""
@@ -327,12 +336,12 @@ class PackedLinear(nn.Module):
         groups = s.shape[1]
         bias = self._bias32()
         xin = x2.contiguous()
-        scratch = _scratch_matrix(1, rows * (2 * k + 4 * groups), torch.int8, "q4")  # permuted x, then sums
+        base = _scratch_ptr(rows * (2 * k + 4 * groups), "q4")  # permuted x, then sums
         y = torch.empty(rows, self.out_features, dtype=torch.bfloat16)
         kern["lib"].lbq_gemv_q4_bf16(_ptr(xin), rows, k, _ptr(self.qweight), self.out_features, self.qweight.shape[1],
                                      k // groups, groups, _ptr(s), _ptr_or_none(z), kern["per_row"],
-                                     None if bias is None else _ptr(bias), _ptr(y), 1, _ptr(scratch),
-                                     _ptr(scratch) + rows * 2 * k, torch.get_num_threads())
+                                     None if bias is None else _ptr(bias), _ptr(y), 1, base, base + rows * 2 * k,
+                                     torch.get_num_threads())
         return y
 
     def _c_int8(self, x2: torch.Tensor) -> torch.Tensor:
@@ -349,8 +358,7 @@ class PackedLinear(nn.Module):
         xin = x2 if x2.dtype in (torch.bfloat16, torch.float32) else x2.float()
         xin = xin.contiguous()
         k, groups = self.in_features, kern["args"][6]
-        scratch = _scratch_matrix(1, rows * (k + 8 * groups), torch.int8, "i8")  # xq, then xs and xsum
-        base = _ptr(scratch)
+        base = _scratch_ptr(rows * (k + 8 * groups), "i8")  # xq, then xs and xsum
         y = torch.empty(rows, self.out_features, dtype=xin.dtype)
         is_bf16 = int(xin.dtype == torch.bfloat16)
         kern["lib"].lbq_linear_i8(_ptr(xin), is_bf16, rows, *kern["args"], _ptr(y), is_bf16, base,
@@ -385,6 +393,8 @@ class FusedLinears:
                          _ptr_or_none(kern["z"]) or 0, kern["per_row"], 0 if b is None else _ptr(b), off])
             off += m.out_features
         self.desc = torch.tensor(rows, dtype=torch.int64)
+        self.desc_ptr, self.n, self.glen = _ptr(self.desc), len(layers), self.k // self.groups
+        self.bf = int(dtype == torch.bfloat16)
         self.total = off
         self.lib = first._kernel["lib"]
 
@@ -412,14 +422,13 @@ class FusedLinears:
             return cls(layers, 1, dtype)
         return None
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The layers' outputs for one input row x [1, in_features] (or [in_features])."""
         x = x.reshape(1, self.k).contiguous()
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
         y = torch.empty(1, self.total, dtype=self.dtype)
-        scratch = _scratch_matrix(1, 2 * self.k + 8 * self.groups, torch.int8, "multi")
-        bf = int(self.dtype == torch.bfloat16)
-        self.lib.lbq_multi(_ptr(self.desc), len(self.layers), _ptr(x), bf, self.k, self.bits, self.k // self.groups,
-                           self.groups, self.mode, _ptr(y), bf, _ptr(scratch), torch.get_num_threads())
-        return list(y.split(self.sizes, dim=1))
+        scratch = _scratch_ptr(2 * self.k + 8 * self.groups, "multi")
+        self.lib.lbq_multi(self.desc_ptr, self.n, x.data_ptr(), self.bf, self.k, self.bits, self.glen, self.groups,
+                           self.mode, y.data_ptr(), self.bf, scratch, torch.get_num_threads())
+        return y.split(self.sizes, dim=1)

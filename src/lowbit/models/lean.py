@@ -104,12 +104,14 @@ class LeanDecoder:
             if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head before the rotation
                 q, k = _rms(q, a.q_norm), _rms(k, a.k_norm)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            self.k[i, :, p0:p0 + t] = k.transpose(0, 1)
-            self.v[i, :, p0:p0 + t] = v.transpose(0, 1)
-            keys, vals = self.k[i, :, :p0 + t], self.v[i, :, :p0 + t]
             if t == 1:  # one query: heads grouped by their KV head
+                self.k[i, :, p0] = k[0]
+                self.v[i, :, p0] = v[0]
                 o = attention_one(q[0].float(), self.k[i], self.v[i], p0 + 1, a.scaling).view(1, -1)
             else:
+                self.k[i, :, p0:p0 + t] = k.transpose(0, 1)
+                self.v[i, :, p0:p0 + t] = v.transpose(0, 1)
+                keys, vals = self.k[i, :, :p0 + t], self.v[i, :, :p0 + t]
                 mask = None if p0 == 0 else torch.ones(t, p0 + t, dtype=torch.bool).tril(p0)
                 o = F.scaled_dot_product_attention(q.float().transpose(0, 1), keys, vals, attn_mask=mask,
                                                    is_causal=p0 == 0, scale=a.scaling, enable_gqa=rep > 1)
