@@ -350,15 +350,17 @@ def table(summary: dict, dataset: str) -> str:
     """Markdown table for one dataset: one row per (bits, quantizer)."""
     lines = [
         f"#### {dataset}",
-        "| bits | quantizer | PSNR dB | SSIM | usage | cap | perplexity | tokens | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| bits | quantizer | seeds | PSNR dB | SSIM | usage | cap | perplexity | tokens | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for cell, s in summary.items():
+    order = {q: i for i, q in enumerate(QUANTIZERS)}
+    for cell, s in sorted(summary.items(), key=lambda c: (int(c[0].split("/")[1]), order.get(c[0].split("/")[2], 99))):
         ds, bits, q = cell.split("/")
         if ds != dataset:
             continue
         lines.append(
-            f"| {bits} | {q} | {s['psnr']:.2f} +- {s['psnr_sd']:.2f} | {s['ssim']:.3f} +- {s['ssim_sd']:.3f} "
+            f"| {bits} | {q} | {s['seeds']} | {s['psnr']:.2f} +- {s['psnr_sd']:.2f} "
+            f"| {s['ssim']:.3f} +- {s['ssim_sd']:.3f} "
             f"| {100 * s['usage']:.1f}% +- {100 * s['usage_sd']:.1f} | {100 * s['usage_cap']:.1f}% "
             f"| {s['perplexity']:,.0f} | {s['usage_tokens']:,.0f} | {s['train_s']:.0f} |"
         )
@@ -463,7 +465,11 @@ def main() -> None:
     report: dict = {"args": vars(args)}
 
     if args.merge:  # rows of earlier runs (e.g. one process per dataset), summarised together
-        rows = [r for f in args.merge.split(",") for r in load_rows(Path(f))]
+        cells = {}  # one row per (dataset, bits, quantizer, seed): a cell run twice (split runs) counts once
+        for f in args.merge.split(","):
+            for r in load_rows(Path(f)):
+                cells.setdefault((r["dataset"], r["bits"], r["quantizer"], r["seed"]), r)
+        rows = list(cells.values())
         report["merged"] = args.merge.split(",")
         for f in args.merge.split(","):  # reconstructions for the plot, where the run saved them
             if Path(f).with_suffix(".recs.npz").exists():
