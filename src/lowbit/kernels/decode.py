@@ -1,11 +1,12 @@
-"""Small C helpers for batch-1 decode (RMSNorm, one-query attention), with PyTorch fallbacks that compute the same."""
+"""Small C helpers for batch-1 decode (RMSNorm, one-query attention, a whole decoder layer), with PyTorch fallbacks
+that compute the same."""
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
 
-from lowbit.kernels.qlinear import _get_lib, _scratch_matrix
+from lowbit.kernels.qlinear import FusedLinears, _get_lib, _scratch_matrix
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -36,3 +37,56 @@ def attention_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, len
     lib.lbq_attn1(q.data_ptr(), keys.data_ptr(), values.data_ptr(), heads, kv, keys.shape[1], length, dim, scale,
                   out.data_ptr(), p.data_ptr())
     return out
+
+
+class FusedLayer:
+    """A Llama-style decoder layer run for one bf16 token in one C call (csrc lbq_layer): RMSNorm, fused q/k/v,
+    RoPE, the KV-cache write, attention, o_proj, RMSNorm, fused gate/up, SiLU and down_proj, with the same bf16
+    rounding after each op as the per-op path. `build` returns None where the layer does not qualify."""
+
+    def __init__(self, lib: object, parts: list[FusedLinears], norms: tuple[torch.Tensor, torch.Tensor], eps: float,
+                 shape: tuple[int, int, int], inter: int, scale: float, cap: int) -> None:
+        qkv, o, gu, down = parts
+        self.lib, self.parts, self.norms, self.eps, self.scale, self.cap = lib, parts, norms, eps, scale, cap
+        self.heads, self.kv_heads, self.head_dim = shape
+        hidden = qkv.k
+        self.dims = torch.tensor([hidden, inter, qkv.glen, qkv.groups, down.glen, down.groups], dtype=torch.int64)
+        self.mode, self.bits = qkv.mode, qkv.bits
+        n_q, n_kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        halves = hidden + n_q + 2 * n_kv + hidden + 3 * inter + hidden + inter
+        nbytes = 2 * halves + 4 * (2 * n_q + cap) + 2 * max(hidden, inter) + 8 * max(qkv.groups, down.groups) + 64
+        self.scratch = torch.empty(nbytes, dtype=torch.int8)
+
+    @classmethod
+    def build(cls, layer: torch.nn.Module, qkv: FusedLinears | None, gate_up: FusedLinears | None,
+              shape: tuple[int, int, int], scale: float, cap: int) -> FusedLayer | None:
+        """The fused layer for bf16 decode, or None (fp32, q/k norms, other shapes, kernels that differ)."""
+        a, mlp = layer.self_attn, layer.mlp
+        if qkv is None or gate_up is None or qkv.dtype != torch.bfloat16 or hasattr(a, "q_norm"):
+            return None
+        o = FusedLinears.build([a.o_proj], torch.bfloat16)
+        down = FusedLinears.build([mlp.down_proj], torch.bfloat16)
+        parts = [qkv, o, gate_up, down]
+        if o is None or down is None or len({(p.mode, p.bits) for p in parts}) != 1:
+            return None
+        heads, kv_heads, head_dim = shape
+        n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
+        hidden, inter = qkv.k, mlp.down_proj.in_features
+        if heads * head_dim != hidden or o.k != hidden or gate_up.sizes != [inter, inter] or head_dim % 2 \
+                or any(n.weight.dtype != torch.bfloat16 for n in (n1, n2)):
+            return None
+        eps = [getattr(n, "variance_epsilon", None) or getattr(n, "eps", 1e-6) for n in (n1, n2)]
+        if eps[0] != eps[1] or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+            return None
+        return cls(_get_lib(), parts, (n1.weight.detach(), n2.weight.detach()), float(eps[0]), shape, inter, scale,
+                   cap)
+
+    def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor, pos: int) -> None:
+        """Update h [1, hidden] bf16 (contiguous) in place; keys/values: this layer's fp32 caches [kv, cap, dim]."""
+        qkv, o, gu, down = self.parts
+        self.lib.lbq_layer(h.data_ptr(), self.dims.data_ptr(), self.norms[0].data_ptr(), self.norms[1].data_ptr(),
+                           self.eps, qkv.desc_ptr, o.desc_ptr, gu.desc_ptr, down.desc_ptr, self.mode, self.bits,
+                           cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(), self.cap, pos,
+                           self.heads, self.kv_heads, self.head_dim, self.scale, self.scratch.data_ptr(),
+                           torch.get_num_threads())

@@ -64,12 +64,15 @@ def _get_lib() -> ctypes.CDLL | None:
         lib.lbq_rmsnorm.argtypes = [p, p, i64, i64, ctypes.c_float, i32, p]
         lib.lbq_attn1.argtypes = [p, p, p, i64, i64, i64, i64, i64, ctypes.c_float, p, p]
         lib.lbq_multi.argtypes = [p, i32, p, i32, i64, i32, i64, i64, i32, p, i32, p, i32]
+        f32 = ctypes.c_float
+        lib.lbq_layer.argtypes = [p, p, p, p, f32, p, p, p, p, i32, i32, p, p, p, p, i64, i64, i64, i64, i64, f32, p,
+                                  i32]
         lib.lbq_has_vnni.argtypes, lib.lbq_has_vnni.restype = [], i32
         lib.lbq_has_q4bf16.argtypes, lib.lbq_has_q4bf16.restype = [], i32
         lib.lbq_gemv_q4_bf16.argtypes = [p, i64, i64, p, i64, i64, i64, i64, p, p, i64, p, p, i32, p, p, i32]
         lib.lbq_has_bf16.argtypes, lib.lbq_has_bf16.restype = [], i32
         lib.lbq_gemv_bf16.argtypes = [p, i64, i64, p, i64, p, p, i32]
-        for f in (lib.lbq_multi, lib.lbq_rmsnorm, lib.lbq_attn1, lib.lbq_gemv_bf16, lib.lbq_linear_i8,
+        for f in (lib.lbq_layer, lib.lbq_multi, lib.lbq_rmsnorm, lib.lbq_attn1, lib.lbq_gemv_bf16, lib.lbq_linear_i8,
                   lib.lbq_gemv_q4_bf16, lib.lbq_gemm, lib.lbq_dequant, lib.lbq_dequant_int4pack_bf16,
                   lib.lbq_quant_act, lib.lbq_gemv_i8):
             f.restype = None

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lowbit.kernels.decode import attention_one, rms_norm
+from lowbit.kernels.decode import FusedLayer, attention_one, rms_norm
 from lowbit.kernels.qlinear import FusedLinears, dense_linear
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -55,7 +55,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class LeanDecoder:
     """Runs `model` token by token with its own static KV cache; `step(ids)` returns the last logits."""
 
-    def __init__(self, model: nn.Module, max_len: int) -> None:
+    def __init__(self, model: nn.Module, max_len: int, fused_layers: bool = True) -> None:
         why = unsupported(model)
         if why:
             raise ValueError(f"LeanDecoder cannot run this model: {why}")
@@ -79,6 +79,10 @@ class LeanDecoder:
                                           self.dtype),
                        FusedLinears.build([layer.mlp.gate_proj, layer.mlp.up_proj], self.dtype))
                       for layer in base.layers]
+        # and, for bf16 packed layers, the whole layer as one C call at batch 1 (same ops, same rounding)
+        shape = (self.heads, self.kv_heads, self.head_dim)
+        self.fused_layers = [FusedLayer.build(layer, *self.fused[i], shape, layer.self_attn.scaling, max_len)
+                             if fused_layers else None for i, layer in enumerate(base.layers)]
 
     def reset(self) -> None:
         """Forget the cached tokens."""
@@ -94,6 +98,9 @@ class LeanDecoder:
         cos, sin = self.cos[p0:p0 + t], self.sin[p0:p0 + t]
         rep = self.heads // self.kv_heads
         for i, layer in enumerate(self.base.layers):
+            if t == 1 and self.fused_layers[i] is not None:
+                self.fused_layers[i](h, self.cos[p0, 0], self.sin[p0, 0], self.k[i], self.v[i], p0)
+                continue
             a = layer.self_attn
             x = _rms(h, layer.input_layernorm)
             qkv, gate_up = self.fused[i]
