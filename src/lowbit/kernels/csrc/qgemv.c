@@ -37,6 +37,13 @@ static inline float h2f(uint16_t h) { /* IEEE half to float, exact */
     return f;
 #endif
 }
+/* Row n's scales and zero codes (NULL stays NULL), for per-row (per_row = 1) or per-tensor ranges. */
+static inline const uint16_t *row_scales(const uint16_t *s, int64_t per_row, int64_t n, int64_t G) {
+    return s + (per_row ? n * G : 0);
+}
+static inline const uint8_t *row_zeros(const uint8_t *z, int64_t per_row, int64_t n, int64_t G) {
+    return z ? z + (per_row ? n * G : 0) : NULL;
+}
 static inline float zero_of(const uint8_t *zp, int64_t g, int bits) {
     return zp ? (float)zp[g] : (float)(1 << (bits - 1));
 }
@@ -150,8 +157,8 @@ void lbq_gemm(const float *x, int64_t M, int64_t K, const uint8_t *qw, int64_t N
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = qw + n * row_bytes;
-        const uint16_t *sc = scales + (per_row ? n * G : 0);
-        const uint8_t *zp = zeros ? zeros + (per_row ? n * G : 0) : NULL;
+        const uint16_t *sc = row_scales(scales, per_row, n, G);
+        const uint8_t *zp = row_zeros(zeros, per_row, n, G);
         for (int64_t m = 0; m < M; m++) {
             const float *xm = x + m * K;
             const float *xs = xsum + m * G;
@@ -211,8 +218,8 @@ void lbq_dequant(const uint8_t *qw, int64_t N, int64_t K, int64_t row_bytes, int
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = qw + n * row_bytes;
-        const uint16_t *sc = scales + (per_row ? n * G : 0);
-        const uint8_t *zp = zeros ? zeros + (per_row ? n * G : 0) : NULL;
+        const uint16_t *sc = row_scales(scales, per_row, n, G);
+        const uint8_t *zp = row_zeros(zeros, per_row, n, G);
         uint16_t *ob = (uint16_t *)out + n * K;
         float *of = (float *)out + n * K;
         int64_t k0 = 0;
@@ -435,19 +442,19 @@ void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t
             int64_t n0 = nb * 4, nr = N - n0 < 4 ? N - n0 : 4;
             if (four && nr == 4) {
                 const uint8_t *row0 = qw + n0 * row_bytes;
-                const uint16_t *sc0 = scales + n0 * G;
+                const uint16_t *sc0 = row_scales(scales, 1, n0, G);
                 if (bits == 4) rows4_b4(row0, row_bytes, xm, xsm, sc0, G, G, gb / 64, dots);
                 else if (bits == 2) rows4_b2(row0, row_bytes, xm, xsm, sc0, G, G, gb / 64, dots);
                 else rows4_b8(row0, row_bytes, xm, xsm, sc0, G, G, gb / 64, dots);
             } else {
                 for (int64_t r = 0; r < nr; r++)
-                    dots[r] = row1(qw + (n0 + r) * row_bytes, bits, xm, xsm, scales + (per_row ? (n0 + r) * G : 0),
+                    dots[r] = row1(qw + (n0 + r) * row_bytes, bits, xm, xsm, row_scales(scales, per_row, n0 + r, G),
                                    G, gb, chunks);
             }
             for (int64_t r = 0; r < nr; r++) {
                 int64_t n = n0 + r;
-                const uint16_t *sc = scales + (per_row ? n * G : 0);
-                const uint8_t *zp = zeros ? zeros + (per_row ? n * G : 0) : NULL;
+                const uint16_t *sc = row_scales(scales, per_row, n, G);
+                const uint8_t *zp = row_zeros(zeros, per_row, n, G);
                 float c0 = 0, c1 = 0;
                 int64_t g = 0;
                 for (; g + 1 < G; g += 2) {
@@ -562,8 +569,8 @@ static void q4_core(const uint16_t *xp, const float *xsum, int64_t M, int64_t K,
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = qw + n * row_bytes;
-        const uint16_t *sc = scales + (per_row ? n * G : 0);
-        const uint8_t *zp = zeros ? zeros + (per_row ? n * G : 0) : NULL;
+        const uint16_t *sc = row_scales(scales, per_row, n, G);
+        const uint8_t *zp = row_zeros(zeros, per_row, n, G);
         for (int64_t m = 0; m < M; m++) {
             const uint16_t *pm = xp + m * K;
             const float *xs = xsum + m * G;
