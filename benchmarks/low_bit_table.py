@@ -41,13 +41,13 @@ METHODS = ["rtn", "gptq", "awq", "smoothquant", "rotate+gptq", "cbq", "rotate+cb
 
 
 def quantize_subprocess(src: str, method: str, bits: int, group: int, act: int, out: Path, n_samples: int,
-                        cbq_steps: int, kv: int = 16) -> dict:
+                        cbq_steps: int, kv: int = 16, calib_seed: int = 0) -> dict:
     """`lowbit quantize --recipe` in a fresh process (one thread); returns its JSON line (time, own peak RSS)."""
     recipe = out.with_name(out.name + ".yaml")
     recipe.write_text(f"method: {method}\nbits: {bits}\ngroup_size: {group}\nact_bits: {act}\nkv_bits: {kv}\n"
                       f"options: {{cbq: {{steps: {cbq_steps}}}}}\n")
     cmd = [sys.executable, "-m", "lowbit.cli", "quantize", src, "--recipe", str(recipe), "--n-samples",
-           str(n_samples), "--out", str(out), "--json"]
+           str(n_samples), "--calib-seed", str(calib_seed), "--out", str(out), "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
@@ -70,7 +70,7 @@ def logit_kl(fp_model: torch.nn.Module, q_model: torch.nn.Module, ids: torch.Ten
 
 
 def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings: list, cbq_steps: int,
-              text: Path) -> dict:
+              text: Path, calib_seed: int = 0) -> dict:
     """Every (setting, method) cell of one model."""
     fp = api.evaluate(name, text, reference=name if name == "minilm" else None, progress=False)
     metric = "cosine" if name == "minilm" else "perplexity"
@@ -86,11 +86,12 @@ def run_model(name: str, tmp: Path, n_samples: int, methods: list[str], settings
             t0 = time.perf_counter()
             try:
                 if method.endswith("cbq"):
-                    q = quantize_subprocess(name, method, bits, group, act, out, n_samples, cbq_steps, kv)
+                    q = quantize_subprocess(name, method, bits, group, act, out, n_samples, cbq_steps, kv,
+                                           calib_seed)
                 else:
                     cfg = api.make_config(method, bits, group, act_bits=act, kv_bits=kv)
-                    q = api.quantize_dir(name, out, cfg, calib_config=CalibConfig(n_samples=n_samples),
-                                         progress=False)
+                    calib = CalibConfig(n_samples=n_samples, seed=calib_seed)
+                    q = api.quantize_dir(name, out, cfg, calib_config=calib, progress=False)
             except LowbitError as e:
                 row.update(value=None, note=str(e))
                 rows.append(row)
@@ -168,6 +169,7 @@ def main() -> None:
                     "split (0: all of it)")
     ap.add_argument("--kv-bits", default="16", help="comma-separated KV-cache bits per cell, e.g. 16,8,4 (label "
                     "suffix ' KV8')")
+    ap.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration windows' offsets (default 0)")
     ap.add_argument("--out", default="docs/results/low_bit_table.json")
     ap.add_argument("--plots", default="docs/results", help="directory for lowbit report's PNG files")
     args = ap.parse_args()
@@ -181,12 +183,13 @@ def main() -> None:
         text = tmp / "eval.txt"  # the demo's held-out split, or its first --eval-chars characters
         body = read_text(ASSETS / "demo" / "eval.txt", "eval")
         text.write_text(body[: args.eval_chars] if args.eval_chars else body)
-        models = {n: run_model(n, tmp, args.n_samples, methods, settings, args.cbq_steps, text)
+        models = {n: run_model(n, tmp, args.n_samples, methods, settings, args.cbq_steps, text,
+                               args.calib_seed)
                   for n in args.models.split(",")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     table = {"models": models, "n_samples": args.n_samples, "eval_chars": args.eval_chars, "seq_len": 256,
-             "cbq_steps": args.cbq_steps,
+             "cbq_steps": args.cbq_steps, "calib_seed": args.calib_seed,
              "seconds": round(time.perf_counter() - t0),
              "headline": headline(models)}
     out = Path(args.out)

@@ -134,3 +134,31 @@ def test_damaged_checkpoint_and_wrong_reference(capsys, tiny_models, calib_file,
     del sd[next(k for k in sd if k.endswith(".scales"))]
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     _expect_error(capsys, ["eval", out, "--text", calib_file], "do not match")
+
+
+def test_calib_seed_draws_other_windows_and_default_keeps_the_old_ones(capsys, monkeypatch, tiny_models,
+                                                                       calib_file, tmp_path):
+    from lowbit import api
+    from lowbit.data import calibration_windows
+    from lowbit.errors import LowbitError
+    from lowbit.models import load_model
+
+    tok = load_model(tiny_models["llama"]).tokenizer
+    text = calib_file.read_text()
+    old = calibration_windows(tok, text, 6, 40)  # the draw every result so far was calibrated on
+    assert torch.equal(old, calibration_windows(tok, text, 6, 40, seed=api.CalibConfig().seed))
+    assert not torch.equal(old, calibration_windows(tok, text, 6, 40, seed=1))
+    assert not torch.equal(calibration_windows(tok, text, 6, 40, seed=1), calibration_windows(tok, text, 6, 40, seed=2))
+
+    seen = []
+
+    def fake_quantize_dir(src, out, config, calib, calib_config, **kw):
+        seen.append(calib_config.seed)
+        raise LowbitError("stop here")
+
+    monkeypatch.setattr(api, "quantize_dir", fake_quantize_dir)
+    for extra in ([], ["--calib-seed", "3"]):
+        code, _, err = run(capsys, "quantize", tiny_models["llama"], "--method", "gptq", "--out", tmp_path / "q",
+                           *extra)
+        assert code != 0 and "stop here" in err
+    assert seen == [0, 3]

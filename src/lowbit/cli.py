@@ -26,7 +26,7 @@ def _quantize(a: argparse.Namespace) -> None:
                              bool(rec.get("symmetric", not a.asym)), range=str(rec.get("range", a.range)),
                              act_bits=int(rec.get("act_bits", a.act_bits)), options=rec.get("options"),
                              kv_bits=int(rec.get("kv_bits", a.kv_bits)), **extra)
-    calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size)
+    calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size, seed=a.calib_seed)
     res = api.quantize_dir(a.src, a.out, config, a.calib, calib, stream=a.stream, resume=a.resume)
     print(api.describe(res) if a.json else
           f"wrote {res['out']}: {config.weight.describe()} A{res['act_bits']}"
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n-samples", type=int, default=128, help="calibration windows (default 128)")
     q.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
     q.add_argument("--batch-size", type=int, default=16, help="calibration windows per forward pass (memory)")
+    q.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration windows' offsets (default 0)")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H)")
     q.add_argument("--no-act-order", action="store_true", help="GPTQ: keep the natural column order")
     q.add_argument("--stream", action="store_true",
