@@ -9,6 +9,11 @@ from torch.nn import functional as F
 from lowbit.kernels.qlinear import FusedLinears, _get_lib, _scratch_matrix
 
 
+def norm_eps(norm: torch.nn.Module) -> float:
+    """The epsilon of a transformers RMSNorm module (`variance_epsilon` or `eps`; 1e-6 if it has neither)."""
+    return getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' RMSNorm: normalise in fp32, round to x's dtype, times the weight (bf16 or fp32, contiguous)."""
     lib = _get_lib() if x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float32) else None
@@ -75,7 +80,7 @@ class FusedLayer:
         if heads * head_dim != hidden or o.k != hidden or gate_up.sizes != [inter, inter] or head_dim % 2 \
                 or any(n.weight.dtype != torch.bfloat16 for n in (n1, n2)):
             return None
-        eps = [getattr(n, "variance_epsilon", None) or getattr(n, "eps", 1e-6) for n in (n1, n2)]
+        eps = [norm_eps(n) for n in (n1, n2)]
         if eps[0] != eps[1] or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
             return None
         return cls(_get_lib(), parts, (n1.weight.detach(), n2.weight.detach()), float(eps[0]), shape, inter, scale,

@@ -224,21 +224,17 @@ class PackedLinear(nn.Module):
             self.qweight = pack(self.codes(), self.spec.bits)
         self._kernel = None
 
-    def _float_ranges(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """Scales and zeros as fp32 [R, G] (R = out or 1), the group length and the number of groups."""
-        s, z = self.scales.float().contiguous(), self.zeros().float().contiguous()
-        groups = s.shape[1]
-        return s, z, self.in_features // groups, groups
-
     def prepare(self, act_dtype: torch.dtype) -> str:
         """Choose and build the kernel for activations of `act_dtype`; returns its name."""
         want = (getattr(self, "kernel_choice", None) or os.environ.get("LOWBIT_QLINEAR", "auto")).lower()
-        s, z, glen, groups = self._float_ranges()
         n, k, spec = self.out_features, self.in_features, self.spec
+        rows, groups = self.scales.shape  # rows: out_features, or 1 for one range per tensor
+        glen = k // groups
         # per-channel scales fit the int4 kernel by repeating them over groups of 128 (exactly the same weights)
         g4 = glen if glen in _INT4_GROUPS else (128 if groups == 1 and k % 128 == 0 else 0)
         if (want == "int4pack" and spec.bits == 4 and act_dtype == torch.bfloat16 and n % 64 == 0
-                and g4 and k % g4 == 0 and s.shape[0] == n and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")):
+                and g4 and k % g4 == 0 and rows == n and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")):
+            s, z = self.scales.float(), self.zeros().float()  # torch's kernel takes float ranges
             codes = self.codes()
             w4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
             if torch.equal(_int4pack_unpack(w4, n, k), codes):  # the layout we decode for prefill
@@ -255,7 +251,7 @@ class PackedLinear(nn.Module):
             # the C kernels read the stored fp16 scales and uint8 zero codes (None: symmetric), no float copies
             z8 = None if spec.symmetric else unpack(self.qzeros, spec.bits, groups).contiguous()
             self._kernel = {"name": "c", "lib": lib, "s": self.scales.to(torch.float16).contiguous(), "z": z8,
-                            "per_row": int(s.shape[0] == n)}
+                            "per_row": int(rows == n)}
             # 4-bit with bf16 activations: exact bf16 dot products (vdpbf16ps) instead of float unpacking
             self._kernel["q4bf16"] = bool(spec.bits == 4 and k % 128 == 0 and (k if groups == 1 else glen) % 128 == 0
                                           and lib.lbq_has_q4bf16())

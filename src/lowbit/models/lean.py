@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lowbit.kernels.decode import FusedLayer, attention_one, rms_norm
+from lowbit.kernels.decode import FusedLayer, attention_one, norm_eps, rms_norm
 from lowbit.kernels.qlinear import FusedLinears, dense_linear
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -42,8 +42,7 @@ def unsupported(model: nn.Module) -> str | None:
 
 def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """transformers' RMSNorm: normalise in fp32, back to the input dtype, times the weight."""
-    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
-    return rms_norm(x, norm.weight, eps)
+    return rms_norm(x, norm.weight, norm_eps(norm))
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
