@@ -107,9 +107,11 @@ def test_cli_recipe_file_and_errors(tiny_models, calib_file, tmp_path, capsys):
     assert ev["act_bits"] == 4 and ev["perplexity"] > 1
     assert main(["quantize", str(tiny_models["llama"]), "--method", "awq+cbq", "--out", str(tmp_path / "x")]) == 2
     assert "cfp+cbq" in capsys.readouterr().err
-    assert main(["quantize", str(tiny_models["bert"]), "--method", "rotate+gptq", "--calib", str(calib_file),
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: rotate+gptq\noptions: {rotate: {mode: spin}}\n")
+    assert main(["quantize", str(tiny_models["bert"]), "--recipe", str(bad), "--calib", str(calib_file),
                  "--out", str(tmp_path / "y")]) == 2
-    assert "pre-norm decoder" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert "unknown rotate mode" in capsys.readouterr().err and not (tmp_path / "y").exists()
     assert main(["quantize", str(tiny_models["llama"]), "--method", "rtn", "--act-bits", "5",
                  "--out", str(tmp_path / "z")]) == 2
 

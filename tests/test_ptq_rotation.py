@@ -70,12 +70,31 @@ def test_rotated_model_computes_the_same_function(hidden, inter, heads, kind, kw
     assert emb.abs().amax() / emb.abs().mean() < 25  # the rotation spreads channels
 
 
-def test_rotation_refuses_encoders_and_tied_embeddings(tiny_models):
+def test_encoders_get_the_online_rotation_with_the_same_function(tiny_models):
+    from lowbit.models import load_model
+
+    bert = load_model(tiny_models["bert"])
+    ids = torch.randint(0, bert.model.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        before = bert.model(input_ids=ids).last_hidden_state
+    w0 = {n: m.weight.clone() for n, m in bert.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert rotate_model(bert.model, bert.family, prefix="encoder.layer") == "online"
+    with torch.no_grad():
+        after = bert.model(input_ids=ids).last_hidden_state
+    assert ((after - before).norm() / before.norm()).item() < 1e-4
+    rotated = {n for n, t in registry(bert.model).items() if t.hadamard}
+    changed = {n for n, m in bert.model.named_modules() if n in w0 and not torch.equal(m.weight, w0[n])}
+    assert rotated == changed and len(rotated) == 6 * bert.model.config.num_hidden_layers  # q k v o up down
+
+
+def test_rotation_refuses_residual_mode_on_encoders_and_tied_embeddings(tiny_models):
     from lowbit.models import load_model
 
     bert = load_model(tiny_models["bert"])
     with pytest.raises(LowbitError, match="pre-norm decoder"):
-        rotate_model(bert.model, bert.family)
+        rotate_model(bert.model, bert.family, mode="residual")
+    with pytest.raises(LowbitError, match="unknown rotate mode"):
+        rotate_model(bert.model, bert.family, mode="spin")
     tied = _tiny(64, 128, 4, tie_word_embeddings=True)
     with pytest.raises(LowbitError, match="tied"):
         rotate_model(tied, family_for("llama"))

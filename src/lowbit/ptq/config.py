@@ -108,6 +108,7 @@ class RecipeConfig:
     act_bits: int = 16
     name: str = ""
     rotate_seed: int = 0
+    rotate_mode: str = "auto"  # lowbit.ptq.rotation.MODES
     kv_bits: int = 16  # per-token, per-head keys and values (lowbit.quantizers.kv)
 
     @property

@@ -11,7 +11,10 @@ A small YAML file can give the same, with per-step options:
     group_size: 128
     act_bits: 4
     kv_bits: 8
-    options: {gptq: {damp: 0.01}, rotate: {seed: 0}}
+    options: {gptq: {damp: 0.01}, rotate: {seed: 0, mode: auto}}
+
+`rotate` rotates a pre-norm decoder's residual stream (QuaRot) and, on encoders, the input of every linear
+layer online (mode `online`, see lowbit.ptq.rotation).
 """
 
 from __future__ import annotations
@@ -93,10 +96,19 @@ def build(method: str, weight: WeightSpec, act_bits: int = 16, options: dict | N
         if s in SCALERS:
             config = SCALERS[s](inner=config, **_options(s, SCALERS[s], opts))
     rotate = "rotate" in steps
+    rot = dict(opts.get("rotate") or {})
+    if set(rot) - {"seed", "mode"}:
+        raise LowbitError(f"unknown rotate option(s) {', '.join(sorted(set(rot) - {'seed', 'mode'}))}; "
+                          "known: mode, seed")
+    from lowbit.ptq.rotation import MODES
+
+    if str(rot.get("mode", "auto")) not in MODES:
+        raise LowbitError(f"unknown rotate mode {rot['mode']!r}; choose one of {', '.join(MODES)}")
     if not rotate and act_bits == 16 and kv_bits == 16 and len(steps) == 1 and qname != "cbq":
         return config
     return RecipeConfig(config, rotate=rotate, act_bits=act_bits, name="+".join(steps),
-                        rotate_seed=int((opts.get("rotate") or {}).get("seed", 0)), kv_bits=kv_bits)
+                        rotate_seed=int(rot.get("seed", 0)), rotate_mode=str(rot.get("mode", "auto")),
+                        kv_bits=kv_bits)
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -125,6 +137,6 @@ def prepare(model: nn.Module, family: Family, config: RecipeConfig, prefix: str)
     if config.kv_bits < 16:  # checked first: an encoder fails before any work
         quantize_kv(model, family, config.kv_bits, hadamard=config.rotate)
     if config.rotate:
-        rotate_model(model, family, config.rotate_seed, prefix)
+        rotate_model(model, family, config.rotate_seed, prefix, config.rotate_mode)
     names = [f"{prefix}.{i}.{n}" for i, b in enumerate(family.blocks(model)) for n in block_linears(b)]
     quantize_activations(model, names, config.act_bits)

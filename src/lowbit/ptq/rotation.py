@@ -7,6 +7,12 @@ writers Q^T W, LM head W Q; RMSNorm commutes with Q once its scale is 1), each v
 Hadamard matrix (folded into v_proj's rows and o_proj's columns), and the input of every down projection
 is rotated online by a fast Walsh-Hadamard transform whose inverse is folded into the down projection's
 weight. Outlier channels are spread over all channels, so 4-bit activations and weights lose far less.
+
+Models whose residual stream cannot be rotated (post-LayerNorm encoders such as BERT, whose LayerNorm
+subtracts the mean and so does not commute with Q) get the online form everywhere instead (mode "online"):
+the input of every linear layer of every block is rotated by the Walsh-Hadamard transform H at run time and
+H^T is folded into the layer's weight, W x = (W H)(H^T x). It costs one O(n log n) transform per linear
+layer and preserves the full-precision function of any architecture.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.models import Family
+from lowbit.models import Family, block_linears
 from lowbit.quantizers.activation import set_transform
 from lowbit.quantizers.hadamard import factor, fwht, hadamard_matrix, random_hadamard
 
@@ -24,10 +30,14 @@ WRITERS = ("self_attn.o_proj", "mlp.down_proj")
 NORMS = {"input_layernorm": READERS[:3], "post_attention_layernorm": READERS[3:]}
 
 
+MODES = ("auto", "residual", "online")
+
+
 def _check(model: nn.Module, family: Family) -> None:
     if family.kind != "causal":
-        raise LowbitError(f"rotation needs a pre-norm decoder; {family.name} is an encoder with post-LayerNorm, "
-                          "which does not commute with a rotation (use --method gptq or cbq)")
+        raise LowbitError(f"residual rotation needs a pre-norm decoder; {family.name} is an encoder with "
+                          "post-LayerNorm, which does not commute with a rotation (use rotate mode online, the "
+                          "default for encoders)")
     for block in family.blocks(model):
         mods = dict(block.named_modules())
         missing = [n for n in (*READERS, *WRITERS, *NORMS) if n not in mods]
@@ -57,8 +67,31 @@ def _set(p: torch.Tensor, v: torch.Tensor) -> None:
         p.copy_(v.to(p.dtype))
 
 
-def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = "model.layers") -> None:
-    """Rotate the model in place (full-precision function preserved) and install the online Hadamard transforms."""
+def rotate_inputs(model: nn.Module, family: Family, prefix: str) -> list[str]:
+    """Online rotation of every block linear layer's input (H^T folded into its weight); the names rotated."""
+    names = []
+    for i, block in enumerate(family.blocks(model)):
+        for name, lin in block_linears(block).items():
+            factor(lin.in_features)  # a clear error for sizes without a known Hadamard matrix
+            _set(lin.weight, fwht(lin.weight.double()))  # W M; the online x -> x M restores x W^T
+            names.append(f"{prefix}.{i}.{name}")
+            set_transform(model, names[-1], hadamard=True)
+    return names
+
+
+def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = "model.layers",
+                 mode: str = "auto") -> str:
+    """Rotate the model in place (full-precision function preserved); returns the mode used.
+
+    mode "residual": QuaRot's rotation of the residual stream (pre-norm decoders); "online": the input of
+    every block linear layer rotated at run time (any architecture); "auto": residual for decoders, online
+    for encoders.
+    """
+    if mode not in MODES:
+        raise LowbitError(f"unknown rotate mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "online" or (mode == "auto" and family.kind != "causal"):
+        rotate_inputs(model, family, prefix)
+        return "online"
     _check(model, family)
     cfg = model.config
     d = cfg.hidden_size
@@ -92,3 +125,4 @@ def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = 
             _set(v.bias, (v.bias.double().reshape(nv, head_dim) @ Hh).reshape(-1))
         _set(o.weight, (o.weight.double().reshape(-1, no, head_dim) @ Hh).reshape(o.weight.shape))
         set_transform(model, f"{prefix}.{i}.mlp.down_proj", hadamard=True)
+    return "residual"
