@@ -162,3 +162,34 @@ def test_calib_seed_draws_other_windows_and_default_keeps_the_old_ones(capsys, m
                            *extra)
         assert code != 0 and "stop here" in err
     assert seen == [0, 3]
+
+
+def test_sigterm_removes_the_temporary_output(tmp_path):
+    """`kill` (SIGTERM) during a write leaves neither the output nor its dot-prefixed temporary file."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    out = tmp_path / "model.gguf"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from lowbit.cli import sigterm_as_interrupt
+        from lowbit.export.source import atomic_file
+        try:
+            with sigterm_as_interrupt(), atomic_file(Path({str(out)!r})) as tmp:
+                tmp.write_bytes(b"partial")
+                print("writing", flush=True)
+                time.sleep(60)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    assert len(list(tmp_path.iterdir())) == 1  # the temporary file exists while writing
+    p.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    assert p.wait(timeout=30) == 130 and time.time() - t0 < 30
+    assert list(tmp_path.iterdir()) == []
