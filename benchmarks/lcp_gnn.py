@@ -13,8 +13,10 @@ mean and 95% confidence interval (Student t) over seeds.
 --protocol reference switches to the paper code's readout and stopping rule (see run()).
 
     python benchmarks/lcp_gnn.py [--task mutag|tpsa|both] [--seeds 10] [--max-epochs 300] [--protocol ours]
+    python benchmarks/lcp_gnn.py --merge run_seeds_0-24.txt run_seeds_25-49.txt   # join chunks of seeds
 
-Needs grakel (MUTAG), rdkit (TPSA) and scipy.  Ends with one JSON line holding the tables.
+Needs grakel (MUTAG), rdkit (TPSA) and scipy.  Ends with one JSON line holding the tables, with every seed's
+value and epoch count, and the paired per-seed difference LCP - none (both cells share each seed's split).
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def split(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def run(graphs: list, kind: str, seed: int, max_epochs: int, patience: int, protocol: str = "ours",
-        regression: bool = False) -> float:
-    """Train on a seeded 50/25/25 split; test accuracy (or MAE) at the best validation epoch.
+        regression: bool = False) -> tuple[float, int]:
+    """Train on a seeded 50/25/25 split; (test accuracy (or MAE) at the best validation epoch, epochs run).
 
     protocol "ours": linear head after 4 conv layers, sum (GIN) / mean (GCN) pooling, a new best is any
     validation improvement (ties broken by validation loss).  protocol "reference": as the LCP paper's code
@@ -98,7 +100,9 @@ def run(graphs: list, kind: str, seed: int, max_epochs: int, patience: int, prot
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt) if protocol == "reference" else None
     sign = -1.0 if regression else 1.0  # larger is better after multiplying by sign
     best, goal, best_test, since = (-float("inf"), float("inf")), -float("inf"), 0.0, 0
+    epochs = 0
     for _ in range(max_epochs):
+        epochs += 1
         model.train()
         order = rng.permutation(len(train))
         total = 0.0
@@ -135,7 +139,7 @@ def run(graphs: list, kind: str, seed: int, max_epochs: int, patience: int, prot
             since += 1
         if since >= patience + (protocol == "reference"):  # the paper code stops at patience + 1 epochs
             break
-    return best_test
+    return best_test, epochs
 
 
 def ci95(values: np.ndarray) -> tuple[float, float]:
@@ -167,12 +171,16 @@ def table_for(task: str, data: dict, args: argparse.Namespace) -> dict:
     for kind in args.models:
         for name in data:
             t0 = time.perf_counter()
-            vals = np.array([run(data[name], kind, s, args.max_epochs, args.patience, args.protocol, regression)
-                             for s in range(args.seed0, args.seed0 + args.seeds)])
+            runs = [run(data[name], kind, s, args.max_epochs, args.patience, args.protocol, regression)
+                    for s in range(args.seed0, args.seed0 + args.seeds)]
+            vals = np.array([v for v, _ in runs])
             mean, half = ci95(vals if regression else 100 * vals)
             table.setdefault(kind, {})[name] = {"mean": round(mean, 2), "ci95": round(half, 2),
-                                                 "values": [round(float(v), 6) for v in vals]}
-            print(f"{task} {kind} {name:9s} {mean:6.2f} +- {half:5.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                                                 "values": [round(float(v), 6) for v in vals],
+                                                 "epochs": [e for _, e in runs]}
+            ep = np.array([e for _, e in runs])
+            print(f"{task} {kind} {name:9s} {mean:6.2f} +- {half:5.2f}  ({time.perf_counter() - t0:.0f} s, epochs"
+                  f" {ep.min()}-{ep.max()}, {int((ep == args.max_epochs).sum())} at the cap)", flush=True)
     return table
 
 
@@ -202,6 +210,44 @@ def show(task: str, table: dict, args: argparse.Namespace) -> dict:
     return verdict
 
 
+def paired(task: str, table: dict) -> dict:
+    """Per model: LCP - none per seed (same split and init seed), mean +- 95% CI and the sign count."""
+    scale = 1.0 if task == "tpsa" else 100.0
+    out = {}
+    for kind, row in table.items():
+        if "lcp" in row and "none" in row and len(row["lcp"]["values"]) > 1:
+            d = scale * (np.array(row["lcp"]["values"]) - np.array(row["none"]["values"]))
+            mean, half = ci95(d)
+            better = d < 0 if task == "tpsa" else d > 0
+            out[kind] = {"mean": round(mean, 2), "ci95": round(half, 2), "lcp_better": int(better.sum()),
+                         "ties": int((d == 0).sum()), "lcp_worse": int((~better & (d != 0)).sum())}
+            print(f"{kind} paired LCP - none: {mean:+.2f} +- {half:.2f} (lcp better / tie / worse:"
+                  f" {out[kind]['lcp_better']} / {out[kind]['ties']} / {out[kind]['lcp_worse']})")
+    return out
+
+
+def merge(paths: list[str]) -> tuple[dict, argparse.Namespace]:
+    """Join the JSON lines of runs over consecutive seed chunks (same settings) into one result."""
+    parts = sorted((json.loads(open(p).read().strip().splitlines()[-1]) for p in paths), key=lambda r: r["seed0"])
+    same = ("protocol", "max_epochs", "patience", "tpsa_molecules")
+    result = {k: v for k, v in parts[0].items() if k in ("benchmark", "seed0") + same}
+    for a, b in zip(parts, parts[1:], strict=False):
+        if b["seed0"] != a["seed0"] + a["seeds"] or any(a.get(k) != b.get(k) for k in same):
+            raise SystemExit(f"chunks do not join: seed0 {a['seed0']} + {a['seeds']} vs {b['seed0']}, or settings")
+    result["seeds"] = sum(r["seeds"] for r in parts)
+    for key, regression in (("accuracy", False), ("tpsa_mae", True)):
+        for kind, row in parts[0].get(key, {}).items():
+            for name in row:
+                cells = [r[key][kind][name] for r in parts]
+                vals = np.concatenate([c["values"] for c in cells])
+                mean, half = ci95(vals if regression else 100 * vals)
+                cell = {"mean": round(mean, 2), "ci95": round(half, 2), "values": vals.tolist()}
+                if all("epochs" in c for c in cells):
+                    cell["epochs"] = [e for c in cells for e in c["epochs"]]
+                result.setdefault(key, {}).setdefault(kind, {})[name] = cell
+    return result, argparse.Namespace(seeds=result["seeds"], protocol=result["protocol"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=["mutag", "tpsa", "both"], default="both")
@@ -214,7 +260,17 @@ def main() -> None:
     ap.add_argument("--encodings", default=",".join(ENCODINGS))
     ap.add_argument("--molecules", type=int, default=1000, help="TPSA task: first N parsable NCI molecules")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", nargs="+", metavar="OUTPUT",
+                    help="no training: join the saved outputs (their JSON lines) of runs over consecutive seeds")
     args = ap.parse_args()
+    if args.merge:
+        result, margs = merge(args.merge)
+        for task, key in (("mutag", "accuracy"), ("tpsa", "tpsa_mae")):
+            if key in result:
+                result[f"{task}_lcp_beats_none_beyond_ci"] = show(task, result[key], margs)
+                result[f"{task}_lcp_minus_none_paired"] = paired(task, result[key])
+        print(json.dumps(result))
+        return
     args.models = args.models.split(",")
     names = args.encodings.split(",")
     torch.set_num_threads(args.threads)
@@ -228,8 +284,11 @@ def main() -> None:
         key = "accuracy" if task == "mutag" else "tpsa_mae"
         result[key] = table
         result[f"{task}_lcp_beats_none_beyond_ci"] = verdict
+        result[f"{task}_lcp_minus_none_paired"] = paired(task, table)
         if task == "tpsa":
             result["tpsa_molecules"] = len(base)
+    result["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"load at the end {os.getloadavg()}")
     print(json.dumps(result))
 
 
