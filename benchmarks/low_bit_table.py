@@ -150,10 +150,13 @@ def headline(models: dict) -> dict:
                 if len(cbqs) > 1:
                     info.setdefault("best_cbq_variant", {})[s] = min(cbqs, key=lambda k: vals[k] * (
                         1 if m["metric"] == "perplexity" else -1))
-        if m["metric"] == "perplexity":
-            for meth in ("rtn", "rotate+gptq", "rotate+cbq"):
-                v = cell.get((meth, "W4A4 g128"))
-                info[f"w4a4_{meth.replace('+', '_')}_vs_fp"] = v / m["fp"] if v else None
+        for meth in ("rtn", "rotate+rtn", "rotate+gptq", "rotate+cbq"):
+            v = cell.get((meth, "W4A4 g128"))
+            key = meth.replace("+", "_")
+            if m["metric"] == "perplexity":
+                info[f"w4a4_{key}_vs_fp"] = v / m["fp"] if v else None
+            else:  # cosine to fp: the error 1 - cosine (fp: 0)
+                info[f"w4a4_{key}_cosine_error"] = round(1 - v, 4) if v else None
         out[name] = info
     return out
 
