@@ -7,7 +7,8 @@
     Quantizers at the same bits per token: VQ (EMA, dead-code replacement), FSQ (the paper's levels), LFQ,
     BSQ, ResidualVQ (2 stages of 2^(bits/2)), LatentQuantize (4 values per dimension) and GQ: a Gaussian VAE
     trained with TDC (target log2 K bits per group of 16 channels), then coded by GaussianQuant without further
-    training. Same encoder, decoder, optimiser, batch and steps for all. PSNR and SSIM on the test images,
+    training; GQ2 / GQ4 split the 16 channels into 2 / 4 groups with K = 2^(bits/2) / 2^(bits/4) codes each.
+    Same encoder, decoder, optimiser, batch and steps for all. PSNR and SSIM on the test images,
     code usage (fraction used, perplexity) over ``--usage-factor`` x K tokens of training data where the data
     has that many (with the cap 1 - exp(-N/K) a uniform code would reach), train time.
 (b) Speed and memory against vector-quantize-pytorch: benchmarks/latent_speed.py, run in the same process.
@@ -42,12 +43,15 @@ TRAIN_IMAGES = [
     "moon", "page", "text", "grass", "brick", "retina",
 ]  # fmt: skip
 TEST_IMAGES = ["camera", "chelsea", "gravel"]
-QUANTIZERS = ("VQ", "FSQ", "LFQ", "BSQ", "GQ", "RVQ", "LQ")
+QUANTIZERS = ("VQ", "FSQ", "LFQ", "BSQ", "GQ", "GQ2", "GQ4", "RVQ", "LQ")
+# GQ variants at the same bits per token: "GQ" one group of 16 channels with K = 2^bits; "GQ2" 2 groups of 8
+# with K = 2^(bits/2) each; "GQ4" 4 groups of 4 with K = 2^(bits/4) (the GQ paper varies the group at fixed K).
+GQ_GROUPS = {"GQ": 1, "GQ2": 2, "GQ4": 4}
 FSQ_LEVELS = {8: [8, 6, 5], 10: [8, 5, 5, 5], 12: [7, 5, 5, 5, 5], 14: [8, 8, 8, 6, 5], 16: [8, 8, 8, 5, 5, 5]}
 GQ_CHANNELS = 16
 STEPS = {"patches": 500, "digits": 400}  # the same for every quantizer (and for GQ's VAE)
 BATCH = {"patches": 32, "digits": 64}
-SIGMA_X = 0.15  # the Gaussian VAE's pixel noise scale (its likelihood weight)
+SIGMA_X = 0.15  # the Gaussian VAE's pixel noise scale (its likelihood weight); --gq-sigma overrides it
 # VQ/RVQ: a code is dead (and replaced) while its EMA hits per step are below this share of a uniform code's
 # (tokens per step / K). A fixed 1e-3 kept codes hit once in ~200 steps alive: VQ used 36% of 256 codes on digits.
 DEAD_SHARE = 0.25
@@ -184,6 +188,17 @@ def dead_threshold(codebook_size: int, tokens_per_step: int) -> float:
     return DEAD_SHARE * tokens_per_step / codebook_size
 
 
+def gq_base(name: str) -> str | None:
+    """'GQ', 'GQ2' or 'GQ4' for a GQ label (optionally with '@sigma'), else None."""
+    base = name.split("@")[0]
+    return base if base in GQ_GROUPS else None
+
+
+def gq_label(name: str, sigma: float) -> str:
+    """Row label: the GQ variant, with '@sigma' when the VAE's sigma is not the default SIGMA_X."""
+    return name if sigma == SIGMA_X else f"{name}@{sigma:g}"
+
+
 def make_quantizer(name: str, bits: int, tokens_per_step: int = 512) -> tuple[nn.Module, int]:
     """Quantizer at ``bits`` bits per token, and the latent channels the encoder must produce."""
     if name == "VQ":
@@ -203,25 +218,29 @@ def make_quantizer(name: str, bits: int, tokens_per_step: int = 512) -> tuple[nn
     if name == "LQ":  # 4 learnable values per dimension: 2 bits a dimension
         return LatentQuantize(4, dim=bits // 2, quantization_weight=0.1, commitment_weight=0.1,
                               channels_first=True), bits // 2  # fmt: skip
-    if name == "GQ":
-        return GaussianQuant(GQ_CHANNELS, 1 << bits, group=GQ_CHANNELS, channels_first=True), GQ_CHANNELS
+    if gq_base(name):
+        heads = GQ_GROUPS[gq_base(name)]
+        if bits % heads:
+            raise ValueError(f"{name}: {bits} bits per token do not split into {heads} groups")
+        k, group = 1 << (bits // heads), GQ_CHANNELS // heads
+        return GaussianQuant(GQ_CHANNELS, k, group=group, channels_first=True), GQ_CHANNELS
     raise ValueError(f"unknown quantizer {name!r}; choose from {QUANTIZERS}")
 
 
 # ----------------------------------------------------------------------------- training
-def gq_vae_loss(rec: torch.Tensor, x: torch.Tensor, kl_loss: torch.Tensor) -> torch.Tensor:
-    """Gaussian VAE loss in bits per pixel: -log2 p(x|z) with sigma SIGMA_X plus 0.1 x the TDC term."""
-    nll = F.mse_loss(rec, x, reduction="sum") / x.shape[0] / (2 * SIGMA_X**2) * math.log2(math.e)
+def gq_vae_loss(rec: torch.Tensor, x: torch.Tensor, kl_loss: torch.Tensor, sigma: float = SIGMA_X) -> torch.Tensor:
+    """Gaussian VAE loss in bits per pixel: -log2 p(x|z) with noise scale sigma plus 0.1 x the TDC term."""
+    nll = F.mse_loss(rec, x, reduction="sum") / x.shape[0] / (2 * sigma**2) * math.log2(math.e)
     return (nll + 0.1 * kl_loss) / x[0].numel()
 
 
-def train_model(name: str, bits: int, data, steps: int, batch: int, seed: int) -> dict:
-    """Train encoder, decoder and quantizer (for GQ: the TDC VAE); returns the modules and seconds."""
+def train_model(name: str, bits: int, data, steps: int, batch: int, seed: int, sigma: float = SIGMA_X) -> dict:
+    """Train encoder, decoder and quantizer (for GQ: the TDC VAE with noise scale sigma); modules and seconds."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(1000 + seed)
     tokens_per_step = batch * (data.size >> data.downsamples) ** 2
     quant, ch = make_quantizer(name, bits, tokens_per_step)
-    enc = Encoder(2 * ch if name == "GQ" else ch, data.downsamples)
+    enc = Encoder(2 * ch if gq_base(name) else ch, data.downsamples)
     dec = Decoder(ch, data.downsamples)
     params = [*enc.parameters(), *dec.parameters(), *quant.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -230,11 +249,11 @@ def train_model(name: str, bits: int, data, steps: int, batch: int, seed: int) -
     t0 = time.perf_counter()
     for _ in range(steps):
         x = data.sample(batch, g)
-        if name == "GQ":
+        if gq_base(name):
             mu, logvar = enc(x).chunk(2, dim=1)
             z = mu + torch.randn_like(mu) * (0.5 * logvar.clamp(-30, 20)).exp()
             kl_loss, _ = quant.tdc_loss(mu, logvar)
-            loss = gq_vae_loss(dec(z), x, kl_loss)
+            loss = gq_vae_loss(dec(z), x, kl_loss, sigma)
         else:
             q, _, losses = quant(enc(x))
             loss = F.mse_loss(dec(q), x) + sum(losses.values())
@@ -252,7 +271,7 @@ def reconstruct(name: str, m: dict, x: torch.Tensor, mode: str = "q") -> torch.T
     out = []
     for s in range(0, x.shape[0], 1024):
         h = m["enc"](x[s : s + 1024])
-        if name == "GQ":
+        if gq_base(name):
             mu, logvar = h.chunk(2, dim=1)
             if mode == "mean":
                 z = mu
@@ -288,41 +307,75 @@ def usage(name: str, m: dict, data, tokens: int, seed: int) -> dict:
     quant = m["quant"]
     x = data.usage_pool(tokens, torch.Generator().manual_seed(5000 + seed))
     quant.reset_usage()
+    joint = []  # multi-group GQ: the token's whole index (all groups together), K^groups values
     for s in range(0, x.shape[0], 1024):
         h = m["enc"](x[s : s + 1024])
-        if name == "GQ":
-            quant(*h.chunk(2, dim=1))
+        if gq_base(name):
+            idx = quant(*h.chunk(2, dim=1))[1].reshape(-1, quant.num_groups)
+            k = quant.codebook_size
+            joint.append(sum(idx[:, j] * k**j for j in range(quant.num_groups)))
         else:
             quant(h)
     u = quant.codebook_usage()
-    # per-head codebook size: ResidualVQ stages and LatentQuantize dimensions are averaged per head
+    # per-head codebook size: ResidualVQ stages, LatentQuantize dimensions and GQ groups are averaged per head
     k = u["max_perplexity"]
     tokens = u["tokens"]
-    return {"usage": u["used_fraction"], "perplexity": u["perplexity"], "usage_tokens": tokens,
-            "usage_cap": 1 - math.exp(-tokens / k), "head_codes": k}  # fmt: skip
+    out = {"usage": u["used_fraction"], "perplexity": u["perplexity"], "usage_tokens": tokens,
+           "usage_cap": 1 - math.exp(-tokens / k), "head_codes": k}  # fmt: skip
+    if joint and quant.num_groups > 1:
+        kj = quant.codebook_size**quant.num_groups
+        counts = torch.bincount(torch.cat(joint), minlength=kj).double()
+        p = counts[counts > 0] / counts.sum()
+        out.update(usage_joint=float((counts > 0).sum()) / kj, perplexity_joint=float(torch.exp(-(p * p.log()).sum())),
+                   usage_joint_cap=1 - math.exp(-tokens / kj))  # fmt: skip
+    return out
 
 
-def run_one(name: str, bits: int, data, steps: int, batch: int, seed: int, usage_tokens: int) -> dict:
-    """Train and evaluate one (quantizer, rate, seed) cell."""
-    m = train_model(name, bits, data, steps, batch, seed)
+@torch.no_grad()
+def gq_kl_stats(m: dict, data) -> dict:
+    """KL per token and group (bits) of 1,024 training crops (fixed draw) against the band log2 K +- 0.5."""
+    mu, lv = m["enc"](data.sample(1024, torch.Generator().manual_seed(7))).chunk(2, dim=1)
+    kl, target = m["quant"].tdc.group_kl_bits(mu, lv), m["quant"].tdc.target
+    return {"kl_target": target, "kl_bits_mean": float(kl.mean()),
+            "kl_bits_q05_q50_q95": kl.flatten().quantile(torch.tensor([0.05, 0.5, 0.95])).tolist(),
+            "kl_bits_carried": float(kl.clamp(max=target).mean()),  # at most log2 K bits fit in a group's code
+            "kl_in_band": float(((kl - target).abs() <= 0.5).float().mean()),
+            "kl_above_band": float((kl > target + 0.5).float().mean())}  # fmt: skip
+
+
+def calibrate_sigma(name: str, bits: int, data, steps: int, batch: int, sigmas: list[float], seed: int) -> dict:
+    """Pick the GQ VAE's sigma on training data only: train at each sigma (largest first) and keep the largest
+    whose mean KL per group on training crops reaches the band (>= log2 K - 0.5). No test image is read."""
+    trials = []
+    for sigma in sorted(sigmas, reverse=True):
+        m = train_model(name, bits, data, steps, batch, seed, sigma)
+        trial = {"sigma": sigma, "train_s": m["train_s"], **gq_kl_stats(m, data)}
+        trials.append(trial)
+        print(json.dumps({"calibrate": name, "bits": bits, **trial}), file=sys.stderr, flush=True)
+        if trial["kl_bits_mean"] >= trial["kl_target"] - 0.5:
+            return {"sigma": sigma, "trials": trials}
+    return {"sigma": trials[-1]["sigma"], "trials": trials, "reached": False}
+
+
+def run_one(name: str, bits: int, data, steps: int, batch: int, seed: int, usage_tokens: int,
+            sigma: float = SIGMA_X, tag: str = "") -> dict:  # fmt: skip
+    """Train and evaluate one (quantizer, rate, seed) cell (sigma: the GQ VAE's noise scale; tag: label suffix)."""
+    m = train_model(name, bits, data, steps, batch, seed, sigma)
     psnr, ssim, rec = quality(name, m, data)
-    row = {"dataset": data.name, "quantizer": name, "bits": bits, "seed": seed, "psnr": psnr, "ssim": ssim,
+    label = gq_label(name, sigma) if gq_base(name) else name
+    label += tag  # e.g. " 2000st": a run off the protocol keeps its own cells when merged with the others
+    row = {"dataset": data.name, "quantizer": label, "bits": bits, "seed": seed, "psnr": psnr, "ssim": ssim,
            "train_s": m["train_s"], "rec": rec}  # fmt: skip
     row.update(usage(name, m, data, usage_tokens, seed))
-    if name == "GQ":
+    if gq_base(name):
+        row["gq_sigma"], row["gq_groups"], row["gq_codes"] = sigma, m["quant"].num_groups, m["quant"].codebook_size
         row["vae_mean_psnr"] = quality(name, m, data, "mean")[0]
         m["quant"].selection = "nearest"  # diagnostic: code nearest to the posterior mean
         row["gq_nearest_psnr"] = quality(name, m, data)[0]
         m["quant"].selection = "importance"
         torch.manual_seed(seed)
         row["vae_sample_psnr"] = quality(name, m, data, "sample")[0]
-        with torch.no_grad():
-            mu, lv = m["enc"](data.sample(1024, torch.Generator().manual_seed(7))).chunk(2, dim=1)
-            kl = m["quant"].tdc.group_kl_bits(mu, lv)
-        row["kl_bits_mean"] = float(kl.mean())
-        row["kl_bits_q05_q50_q95"] = kl.flatten().quantile(torch.tensor([0.05, 0.5, 0.95])).tolist()
-        row["kl_in_band"] = float(((kl - bits).abs() <= 0.5).float().mean())
-        row["kl_above_band"] = float((kl > bits + 0.5).float().mean())
+        row.update(gq_kl_stats(m, data))
     return row
 
 
@@ -330,7 +383,8 @@ def run_one(name: str, bits: int, data, steps: int, batch: int, seed: int, usage
 def summarise(rows: list[dict]) -> dict:
     """Mean and spread (sample std over seeds) per (dataset, bits, quantizer)."""
     keys = ["psnr", "ssim", "usage", "perplexity", "usage_cap", "usage_tokens", "train_s", "vae_mean_psnr",
-            "vae_sample_psnr", "gq_nearest_psnr", "kl_bits_mean", "kl_in_band", "kl_above_band"]  # fmt: skip
+            "vae_sample_psnr", "gq_nearest_psnr", "kl_bits_mean", "kl_bits_carried", "kl_in_band", "kl_above_band",
+            "usage_joint", "usage_joint_cap", "perplexity_joint"]  # fmt: skip
     out: dict = {}
     for r in rows:
         out.setdefault(f"{r['dataset']}/{r['bits']}/{r['quantizer']}", []).append(r)
@@ -354,7 +408,12 @@ def table(summary: dict, dataset: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {q: i for i, q in enumerate(QUANTIZERS)}
-    for cell, s in sorted(summary.items(), key=lambda c: (int(c[0].split("/")[1]), order.get(c[0].split("/")[2], 99))):
+
+    def key(c: tuple) -> tuple:
+        q = c[0].split("/")[2]
+        return int(c[0].split("/")[1]), order.get(q.split("@")[0].split(" ")[0], 99), q
+
+    for cell, s in sorted(summary.items(), key=key):
         ds, bits, q = cell.split("/")
         if ds != dataset:
             continue
@@ -363,6 +422,28 @@ def table(summary: dict, dataset: str) -> str:
             f"| {s['ssim']:.3f} +- {s['ssim_sd']:.3f} "
             f"| {100 * s['usage']:.1f}% +- {100 * s['usage_sd']:.1f} | {100 * s['usage_cap']:.1f}% "
             f"| {s['perplexity']:,.0f} | {s['usage_tokens']:,.0f} | {s['train_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def gq_table(summary: dict, dataset: str) -> str:
+    """GQ diagnostics for one dataset: KL per group on training crops, VAE and GQ PSNR, joint token usage."""
+    lines = [
+        f"#### {dataset}: GQ diagnostics",
+        "| bits | quantizer | seeds | mean KL bits/group | in band | above band | VAE mean dB | VAE sample dB "
+        "| GQ dB | GQ nearest dB | token usage (all groups) | its cap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell, s in summary.items():
+        ds, bits, q = cell.split("/")
+        if ds != dataset or "kl_bits_mean" not in s:
+            continue
+        joint = (f"{100 * s['usage_joint']:.1f}% +- {100 * s['usage_joint_sd']:.1f} | {100 * s['usage_joint_cap']:.1f}%"
+                 if "usage_joint" in s else f"{100 * s['usage']:.1f}% | {100 * s['usage_cap']:.1f}%")  # fmt: skip
+        lines.append(
+            f"| {bits} | {q} | {s['seeds']} | {s['kl_bits_mean']:.1f} | {100 * s['kl_in_band']:.0f}% "
+            f"| {100 * s['kl_above_band']:.0f}% | {s['vae_mean_psnr']:.2f} | {s['vae_sample_psnr']:.2f} "
+            f"| {s['psnr']:.2f} +- {s['psnr_sd']:.2f} | {s['gq_nearest_psnr']:.2f} | {joint} |"
         )
     return "\n".join(lines)
 
@@ -422,6 +503,7 @@ def summarise_quality(rows: list[dict], rates: list[int], datasets: list[str], h
     summary = summarise(rows)
     for ds in datasets:
         print(table(summary, ds), file=sys.stderr)
+        print(gq_table(summary, ds), file=sys.stderr)
     report["rows"] = [{k: v for k, v in r.items() if k != "rec"} for r in rows]
     report["summary"] = summary
     top = max(rates)
@@ -452,6 +534,15 @@ def main() -> None:
     ap.add_argument("--quantizers", default=",".join(QUANTIZERS))
     ap.add_argument("--usage-factor", type=float, default=8.0, help="usage over this many x K tokens ...")
     ap.add_argument("--usage-max", type=int, default=1 << 18, help="... but at most this many (cost: tokens x K)")
+    ap.add_argument("--gq-sigma", type=float, default=SIGMA_X, help="the GQ VAE's noise scale (its likelihood)")
+    ap.add_argument(
+        "--calibrate-sigma",
+        default="",
+        help="comma list of sigmas: per GQ cell, train on each (seed "
+        "--calibrate-seed) and keep the largest whose training-crop KL reaches the band; test unseen",
+    )
+    ap.add_argument("--calibrate-seed", type=int, default=100, help="seed of the calibration runs (not reported)")
+    ap.add_argument("--tag", default="", help="suffix of every quantizer label (e.g. ' 2000st' for longer runs)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: quality,speed,memory")
     ap.add_argument("--plot", default=str(ROOT / "docs" / "latent_tokenizers.png"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "latent_tokenizers.json"))
@@ -491,8 +582,14 @@ def main() -> None:
             for bits in rates:
                 tokens = min(int(args.usage_factor * (1 << bits)), args.usage_max // (4 if args.quick else 1))
                 for q in args.quantizers.split(","):
+                    sigma = args.gq_sigma
+                    if gq_base(q) and args.calibrate_sigma:
+                        sigmas = [float(v) for v in args.calibrate_sigma.split(",")]
+                        cal = calibrate_sigma(q, bits, data, steps, batch, sigmas, args.calibrate_seed)
+                        report.setdefault("calibration", {})[f"{data.name}/{bits}/{q}"] = cal
+                        sigma = cal["sigma"]
                     for seed in seeds:
-                        row = run_one(q, bits, data, steps, batch, seed, tokens)
+                        row = run_one(q, bits, data, steps, batch, seed, tokens, sigma, args.tag)
                         row["steps"], row["batch"] = steps, batch
                         rows.append(row)
                         brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "rec"}

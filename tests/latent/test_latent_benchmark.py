@@ -62,3 +62,29 @@ def test_load_rows_from_a_cut_off_log(tmp_path) -> None:
     log = tmp_path / "run.txt"
     log.write_text('{"dataset": "digits", "quantizer": "FSQ", "bits": 8, "seed": 0, "psnr": 12.0}\nTraceback\n')
     assert bench.load_rows(log) == [{"dataset": "digits", "quantizer": "FSQ", "bits": 8, "seed": 0, "psnr": 12.0}]
+
+
+def test_gq_variants_split_the_token_bits_into_groups() -> None:
+    bench = _bench()
+    for name, groups in (("GQ", 1), ("GQ2", 2), ("GQ4", 4)):
+        q, ch = bench.make_quantizer(name, 16)
+        assert ch == 16 and q.num_groups == groups and q.codebook_size == 1 << (16 // groups)
+        assert q.tdc.target == 16 / groups
+    with pytest.raises(ValueError, match="do not split"):
+        bench.make_quantizer("GQ4", 10)
+    row = bench.run_one("GQ2", 8, bench.Digits(), 4, 16, 0, 512, sigma=0.1, tag=" t")
+    assert row["quantizer"] == "GQ2@0.1 t" and row["head_codes"] == 16 and row["kl_target"] == 4
+    assert 0 < row["usage_joint"] <= 1 and row["usage_joint_cap"] == pytest.approx(1 - math.exp(-6000 / 256))
+    assert row["kl_bits_carried"] <= min(row["kl_bits_mean"], 4.0) + 1e-6
+
+
+def test_calibrate_sigma_keeps_the_largest_sigma_that_reaches_the_band(monkeypatch) -> None:
+    bench = _bench()
+    kl = {0.15: 10.0, 0.1: 15.6, 0.05: 20.0}  # mean KL per group (bits) for each sigma; target 16, band from 15.5
+    monkeypatch.setattr(bench, "train_model", lambda *a: {"sigma": a[-1], "train_s": 0.0})
+    monkeypatch.setattr(bench, "gq_kl_stats", lambda m, data: {"kl_target": 16.0, "kl_bits_mean": kl[m["sigma"]]})
+    cal = bench.calibrate_sigma("GQ", 16, None, 1, 1, [0.05, 0.15, 0.1], 100)
+    assert cal["sigma"] == 0.1 and [t["sigma"] for t in cal["trials"]] == [0.15, 0.1]
+    kl[0.1] = 12.0
+    cal = bench.calibrate_sigma("GQ", 16, None, 1, 1, [0.15, 0.1], 100)
+    assert cal["sigma"] == 0.1 and cal["reached"] is False and [t["kl_bits_mean"] for t in cal["trials"]] == [10, 12]

@@ -294,6 +294,18 @@ def test_usage_statistics() -> None:
     assert u["used_fraction"] == pytest.approx((2 / 2 + 1 / 4) / 2)
 
 
+def test_gq_usage_is_per_group() -> None:
+    """Two groups share one codebook; usage is counted per group: group 0 spread, group 1 on one code."""
+    torch.manual_seed(0)
+    gq = GaussianQuant(2, 16, group=1, selection="nearest")
+    mu = torch.stack([torch.linspace(-3, 3, 4000), torch.zeros(4000)], dim=1)
+    gq(mu)
+    u = gq.codebook_usage()
+    assert u["heads"] == 2 and u["tokens"] == 4000
+    assert u["used_fraction"] == pytest.approx((1.0 + 1 / 16) / 2)  # pooled over groups it would be 1.0
+    assert 1.0 < u["perplexity"] < (16 + 1) / 2
+
+
 def test_vq_dead_code_replacement_raises_usage() -> None:
     torch.manual_seed(0)
     data = torch.randn(4096, 4) + 10.0  # far from the N(0, 1) initial codebook: most codes start dead

@@ -159,7 +159,8 @@ class GaussianQuant(LatentQuantizer):
             raise ValueError(f"GaussianQuant: codebook_size must be an integer >= 2, got {codebook_size!r}")
         if selection not in ("importance", "nearest"):
             raise ValueError(f"GaussianQuant: selection must be 'importance' or 'nearest', got {selection!r}")
-        super().__init__(dim, channels_first, 1, codebook_size if track_usage else None)
+        # usage per group (one head each): the codebook is shared, but each group's codes are counted on their own
+        super().__init__(dim, channels_first, dim // group, codebook_size if track_usage else None)
         self.codebook_size, self.group, self.seed = codebook_size, group, seed
         self.num_groups = dim // group
         self.selection, self.beta, self.strided = selection, beta, strided
