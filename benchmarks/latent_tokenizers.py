@@ -49,7 +49,9 @@ QUANTIZERS = ("VQ", "FSQ", "LFQ", "BSQ", "GQ", "GQ2", "GQ4", "RVQ", "LQ")
 GQ_GROUPS = {"GQ": 1, "GQ2": 2, "GQ4": 4}
 FSQ_LEVELS = {8: [8, 6, 5], 10: [8, 5, 5, 5], 12: [7, 5, 5, 5, 5], 14: [8, 8, 8, 6, 5], 16: [8, 8, 8, 5, 5, 5]}
 GQ_CHANNELS = 16
-STEPS = {"patches": 500, "digits": 400}  # the same for every quantizer (and for GQ's VAE)
+# The same for every quantizer (and for GQ's VAE). Patches: 2000 since 2026-12-02 (was 500): TDC moves its
+# weights by 1.01 a step and needs ~700 steps to reach its clamps; at 500 GQ's VAE carried ~10 of 16 bits.
+STEPS = {"patches": 2000, "digits": 400}
 BATCH = {"patches": 32, "digits": 64}
 SIGMA_X = 0.15  # the Gaussian VAE's pixel noise scale (its likelihood weight); --gq-sigma overrides it
 # VQ/RVQ: a code is dead (and replaced) while its EMA hits per step are below this share of a uniform code's
