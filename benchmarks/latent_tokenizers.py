@@ -462,18 +462,22 @@ def plot(rows: list[dict], summary: dict, data: Patches, path: Path) -> None:
     first = min((r["seed"] for r in shown), default=0)
     recs = {r["quantizer"]: r for r in shown if r["bits"] == top and r["seed"] == first}
     datasets = sorted({r["dataset"] for r in rows})
-    ncols = max(len(recs) + 1, len(datasets))
-    fig, axes = plt.subplots(2, ncols, figsize=(2.4 * ncols, 5.6), squeeze=False)
+    ncols = max(len(recs) + 1, 2 * len(datasets))
+    fig = plt.figure(figsize=(2.4 * ncols, 8.0))
+    grid = fig.add_gridspec(2, ncols, height_ratios=[1.0, 1.6])
     crop = (slice(96, 288), slice(160, 352))
+    tops = [fig.add_subplot(grid[0, i]) for i in range(len(recs) + 1)] if recs else []
     if recs:
-        axes[0, 0].imshow(data.test_images[0][crop], cmap="gray", vmin=0, vmax=1)
-        axes[0, 0].set_title("original")
-    for ax, (q, r) in zip(axes[0, 1:], recs.items(), strict=False):
+        tops[0].imshow(data.test_images[0][crop], cmap="gray", vmin=0, vmax=1)
+        tops[0].set_title("original")
+    for ax, (q, r) in zip(tops[1:], recs.items(), strict=False):
         ax.imshow(r["rec"][crop], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{q} {top} bits\n{r['psnr']:.2f} dB", fontsize=9)
-    for ax in axes[0]:
+    for ax in tops:
         ax.axis("off")
-    for ax, ds in zip(axes[1], datasets, strict=False):
+    span = ncols // max(len(datasets), 1)  # each rate panel spans an equal share of the width
+    for i, ds in enumerate(datasets):
+        ax = fig.add_subplot(grid[1, i * span : (i + 1) * span])
         for q in dict.fromkeys(r["quantizer"] for r in rows):
             pts = [
                 (int(c.split("/")[1]), s) for c, s in summary.items() if c.startswith(f"{ds}/") and c.endswith(f"/{q}")
@@ -481,13 +485,12 @@ def plot(rows: list[dict], summary: dict, data: Patches, path: Path) -> None:
             pts.sort(key=lambda p: p[0])
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1]["psnr"] for p in pts], [p[1]["psnr_sd"] for p in pts],
-                            label=q, marker="o", capsize=3)  # fmt: skip
-        ax.set_title(f"{ds}: PSNR vs bits/token")
+                            label=q, marker="o" if len(pts) > 1 else "s", capsize=3)  # fmt: skip
+        ax.set_title(f"{ds}: PSNR vs bits/token (mean +- sd over seeds)")
         ax.set_xlabel("bits per token")
+        ax.set_ylabel("PSNR dB")
         ax.set_xticks(sorted({r["bits"] for r in rows}))
-        ax.legend(fontsize=7)
-    for ax in axes[1, len(datasets) :]:
-        ax.axis("off")
+        ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
