@@ -97,17 +97,16 @@ def build(method: str, weight: WeightSpec, act_bits: int = 16, options: dict | N
             config = SCALERS[s](inner=config, **_options(s, SCALERS[s], opts))
     rotate = "rotate" in steps
     rot = dict(opts.get("rotate") or {})
-    if set(rot) - {"seed", "mode"}:
-        raise LowbitError(f"unknown rotate option(s) {', '.join(sorted(set(rot) - {'seed', 'mode'}))}; "
-                          "known: mode, seed")
-    from lowbit.ptq.rotation import MODES
+    bad = sorted(set(rot) - {"seed", "mode"})
+    if bad:
+        raise LowbitError(f"unknown rotate option(s) {', '.join(bad)}; known: mode, seed")
+    from lowbit.ptq.rotation import check_mode
 
-    if str(rot.get("mode", "auto")) not in MODES:
-        raise LowbitError(f"unknown rotate mode {rot['mode']!r}; choose one of {', '.join(MODES)}")
+    mode = check_mode(str(rot.get("mode", "auto")))  # fails before any model is loaded
     if not rotate and act_bits == 16 and kv_bits == 16 and len(steps) == 1 and qname != "cbq":
         return config
     return RecipeConfig(config, rotate=rotate, act_bits=act_bits, name="+".join(steps),
-                        rotate_seed=int(rot.get("seed", 0)), rotate_mode=str(rot.get("mode", "auto")),
+                        rotate_seed=int(rot.get("seed", 0)), rotate_mode=mode,
                         kv_bits=kv_bits)
 
 

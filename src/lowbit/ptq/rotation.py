@@ -33,6 +33,13 @@ NORMS = {"input_layernorm": READERS[:3], "post_attention_layernorm": READERS[3:]
 MODES = ("auto", "residual", "online")
 
 
+def check_mode(mode: str) -> str:
+    """The rotation mode, or a clear error naming the known ones."""
+    if mode not in MODES:
+        raise LowbitError(f"unknown rotate mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
+
+
 def _check(model: nn.Module, family: Family) -> None:
     if family.kind != "causal":
         raise LowbitError(f"residual rotation needs a pre-norm decoder; {family.name} is an encoder with "
@@ -67,16 +74,13 @@ def _set(p: torch.Tensor, v: torch.Tensor) -> None:
         p.copy_(v.to(p.dtype))
 
 
-def rotate_inputs(model: nn.Module, family: Family, prefix: str) -> list[str]:
-    """Online rotation of every block linear layer's input (H^T folded into its weight); the names rotated."""
-    names = []
+def rotate_inputs(model: nn.Module, family: Family, prefix: str) -> None:
+    """Online rotation of every block linear layer's input (H^T folded into its weight)."""
     for i, block in enumerate(family.blocks(model)):
         for name, lin in block_linears(block).items():
             factor(lin.in_features)  # a clear error for sizes without a known Hadamard matrix
             _set(lin.weight, fwht(lin.weight.double()))  # W M; the online x -> x M restores x W^T
-            names.append(f"{prefix}.{i}.{name}")
-            set_transform(model, names[-1], hadamard=True)
-    return names
+            set_transform(model, f"{prefix}.{i}.{name}", hadamard=True)
 
 
 def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = "model.layers",
@@ -87,9 +91,7 @@ def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = 
     every block linear layer rotated at run time (any architecture); "auto": residual for decoders, online
     for encoders.
     """
-    if mode not in MODES:
-        raise LowbitError(f"unknown rotate mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "online" or (mode == "auto" and family.kind != "causal"):
+    if check_mode(mode) == "online" or (mode == "auto" and family.kind != "causal"):
         rotate_inputs(model, family, prefix)
         return "online"
     _check(model, family)
