@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latent_speed  # noqa: E402
 
 from lowbit.latent import BSQ, FSQ, LFQ, GaussianQuant, LatentQuantize, ResidualVQ, VectorQuantize  # noqa: E402
+from lowbit.latent.common import histogram_usage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = [
@@ -326,9 +327,9 @@ def usage(name: str, m: dict, data, tokens: int, seed: int) -> dict:
            "usage_cap": 1 - math.exp(-tokens / k), "head_codes": k}  # fmt: skip
     if joint and quant.num_groups > 1:
         kj = quant.codebook_size**quant.num_groups
-        counts = torch.bincount(torch.cat(joint), minlength=kj).double()
-        p = counts[counts > 0] / counts.sum()
-        out.update(usage_joint=float((counts > 0).sum()) / kj, perplexity_joint=float(torch.exp(-(p * p.log()).sum())),
+        counts = torch.bincount(torch.cat(joint), minlength=kj)[None]
+        used, perplexity = histogram_usage(counts, torch.tensor([kj]))
+        out.update(usage_joint=float(used[0]), perplexity_joint=float(perplexity[0]),
                    usage_joint_cap=1 - math.exp(-tokens / kj))  # fmt: skip
     return out
 

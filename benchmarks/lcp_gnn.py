@@ -173,12 +173,9 @@ def table_for(task: str, data: dict, args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             runs = [run(data[name], kind, s, args.max_epochs, args.patience, args.protocol, regression)
                     for s in range(args.seed0, args.seed0 + args.seeds)]
-            vals = np.array([v for v, _ in runs])
-            mean, half = ci95(vals if regression else 100 * vals)
-            table.setdefault(kind, {})[name] = {"mean": round(mean, 2), "ci95": round(half, 2),
-                                                 "values": [round(float(v), 6) for v in vals],
-                                                 "epochs": [e for _, e in runs]}
             ep = np.array([e for _, e in runs])
+            cell = table.setdefault(kind, {})[name] = summary_cell([v for v, _ in runs], regression, ep.tolist())
+            mean, half = cell["mean"], cell["ci95"]
             print(f"{task} {kind} {name:9s} {mean:6.2f} +- {half:5.2f}  ({time.perf_counter() - t0:.0f} s, epochs"
                   f" {ep.min()}-{ep.max()}, {int((ep == args.max_epochs).sum())} at the cap)", flush=True)
     return table
@@ -210,6 +207,16 @@ def show(task: str, table: dict, args: argparse.Namespace) -> dict:
     return verdict
 
 
+def summary_cell(values: list[float], regression: bool, epochs: list[int] | None = None) -> dict:
+    """One table cell: mean and 95% CI (accuracies in %), every seed's value and, if known, epoch count."""
+    vals = np.asarray(values, dtype=float)
+    mean, half = ci95(vals if regression else 100 * vals)
+    cell = {"mean": round(mean, 2), "ci95": round(half, 2), "values": [round(float(v), 6) for v in vals]}
+    if epochs is not None:
+        cell["epochs"] = epochs
+    return cell
+
+
 def paired(task: str, table: dict) -> dict:
     """Per model: LCP - none per seed (same split and init seed), mean +- 95% CI and the sign count."""
     scale = 1.0 if task == "tpsa" else 100.0
@@ -239,12 +246,9 @@ def merge(paths: list[str]) -> tuple[dict, argparse.Namespace]:
         for kind, row in parts[0].get(key, {}).items():
             for name in row:
                 cells = [r[key][kind][name] for r in parts]
-                vals = np.concatenate([c["values"] for c in cells])
-                mean, half = ci95(vals if regression else 100 * vals)
-                cell = {"mean": round(mean, 2), "ci95": round(half, 2), "values": vals.tolist()}
-                if all("epochs" in c for c in cells):
-                    cell["epochs"] = [e for c in cells for e in c["epochs"]]
-                result.setdefault(key, {}).setdefault(kind, {})[name] = cell
+                epochs = [e for c in cells for e in c["epochs"]] if all("epochs" in c for c in cells) else None
+                result.setdefault(key, {}).setdefault(kind, {})[name] = summary_cell(
+                    [v for c in cells for v in c["values"]], regression, epochs)
     return result, argparse.Namespace(seeds=result["seeds"], protocol=result["protocol"])
 
 
@@ -288,7 +292,7 @@ def main() -> None:
         if task == "tpsa":
             result["tpsa_molecules"] = len(base)
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"load at the end {os.getloadavg()}")
+    print(f"load at the end {result['load_end']}")
     print(json.dumps(result))
 
 

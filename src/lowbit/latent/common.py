@@ -13,6 +13,14 @@ __all__ = ["LatentQuantizer", "check_power_of_two", "check_levels"]
 MAX_HISTOGRAM = 1 << 24
 
 
+def histogram_usage(counts: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row of code counts [heads, K]: the fraction of the row's `sizes` codes used, and exp(entropy)."""
+    counts = counts.double()
+    p = counts / counts.sum(dim=1).clamp_min(1)[:, None]
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(dim=1)
+    return (counts > 0).sum(dim=1).double() / sizes.double(), torch.exp(entropy)
+
+
 def check_power_of_two(name: str, codebook_size: int) -> int:
     """Return log2(codebook_size), or raise a ValueError naming the nearest valid sizes."""
     if not isinstance(codebook_size, int) or codebook_size < 2:
@@ -165,14 +173,11 @@ class LatentQuantizer(nn.Module):
             raise RuntimeError(
                 f"{type(self).__name__}: codebook too large for a histogram (> {MAX_HISTOGRAM} codes)"
             )
-        counts = self.usage_counts.double()
-        total = counts.sum(dim=1)
-        p = counts / total.clamp_min(1)[:, None]
-        entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(dim=1)
-        used = (counts > 0).sum(dim=1).double() / self._usage_sizes().double()
+        total = self.usage_counts.sum(dim=1)
+        used, perplexity = histogram_usage(self.usage_counts, self._usage_sizes())
         return {
             "used_fraction": float(used.mean()),
-            "perplexity": float(torch.exp(entropy).mean()),
+            "perplexity": float(perplexity.mean()),
             "max_perplexity": float(self._usage_sizes().double().mean()),
             "tokens": int(total[0]) if total.numel() else 0,
             "heads": self.usage_heads,
