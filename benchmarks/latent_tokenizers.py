@@ -553,6 +553,9 @@ def main() -> None:
     ap.add_argument("--plot", default=str(ROOT / "docs" / "latent_tokenizers.png"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "latent_tokenizers.json"))
     args = ap.parse_args()
+    unknown = [q for q in args.quantizers.split(",") if q not in QUANTIZERS]
+    if unknown:
+        ap.error(f"unknown quantizer(s) {', '.join(unknown)}; choose from {', '.join(QUANTIZERS)}")
     # training runs on one thread (small convs; on a shared machine idle OpenMP threads spin); timings on two
     torch.set_num_threads(1)
     skip = set(filter(None, args.skip.split(",")))
