@@ -9,7 +9,8 @@
     trained with TDC (target log2 K bits per group of 16 channels), then coded by GaussianQuant without further
     training; GQ2 / GQ4 split the 16 channels into 2 / 4 groups with K = 2^(bits/2) / 2^(bits/4) codes each.
     Same encoder, decoder, optimiser, batch and steps for all. PSNR and SSIM on the test images,
-    code usage (fraction used, perplexity) over ``--usage-factor`` x K tokens of training data where the data
+    code usage (fraction used, perplexity) over the same 262,144 training tokens at every rate (``--usage-max``;
+    ``--usage-factor`` caps it at a multiple of K) where the data
     has that many (with the cap 1 - exp(-N/K) a uniform code would reach), train time.
 (b) Speed and memory against vector-quantize-pytorch: benchmarks/latent_speed.py, run in the same process.
 
@@ -538,7 +539,9 @@ def main() -> None:
     ap.add_argument("--rates", default=None, help="bits per token (default 8,12,16; --quick 8,16)")
     ap.add_argument("--datasets", default="patches,digits")
     ap.add_argument("--quantizers", default=",".join(QUANTIZERS))
-    ap.add_argument("--usage-factor", type=float, default=8.0, help="usage over this many x K tokens ...")
+    # Since 2026-12-02 usage is counted over 262,144 tokens at every rate (was 8 x K: 2,048 tokens at 8 bits,
+    # which misses the rarer codes a dataset-wide count finds); --usage-factor 8 gives the old figures.
+    ap.add_argument("--usage-factor", type=float, default=float("inf"), help="usage over this many x K tokens ...")
     ap.add_argument("--usage-max", type=int, default=1 << 18, help="... but at most this many (cost: tokens x K)")
     ap.add_argument("--gq-sigma", type=float, default=SIGMA_X, help="the GQ VAE's noise scale (its likelihood)")
     ap.add_argument(
@@ -589,7 +592,7 @@ def main() -> None:
             steps = args.steps or (20 if args.quick else STEPS[data.name])
             batch = args.batch or BATCH[data.name]
             for bits in rates:
-                tokens = min(int(args.usage_factor * (1 << bits)), args.usage_max // (4 if args.quick else 1))
+                tokens = int(min(args.usage_factor * (1 << bits), args.usage_max // (4 if args.quick else 1)))
                 for q in args.quantizers.split(","):
                     sigma = args.gq_sigma
                     if gq_base(q) and args.calibrate_sigma:

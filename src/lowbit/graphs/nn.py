@@ -65,11 +65,14 @@ class GCNConv(nn.Module):
 
 
 class GINConv(nn.Module):
-    """GIN layer: MLP((1 + eps) h_i + sum of neighbour h_j), eps learnable."""
+    """GIN layer: MLP((1 + eps) h_i + sum of neighbour h_j), eps learnable (or fixed at 0: ``train_eps=False``)."""
 
-    def __init__(self, d_in: int, d_out: int) -> None:
+    def __init__(self, d_in: int, d_out: int, train_eps: bool = True) -> None:
         super().__init__()
-        self.eps = nn.Parameter(torch.zeros(1))
+        if train_eps:
+            self.eps = nn.Parameter(torch.zeros(1))
+        else:
+            self.register_buffer("eps", torch.zeros(1))
         self.mlp = nn.Sequential(
             nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out), nn.ReLU(), nn.Linear(d_out, d_out)
         )
@@ -84,16 +87,19 @@ class GraphClassifier(nn.Module):
 
     ``reference_readout=True`` follows the LCP paper's code instead: one more conv layer maps straight to
     ``n_classes`` (no activation after it) and the node outputs are mean-pooled, with no linear head.
+    ``train_eps=False`` fixes GIN's eps at 0 (PyTorch Geometric's default, which the paper code keeps).
     """
 
     def __init__(
         self, kind: str, d_in: int, n_classes: int, hidden: int = 64, layers: int = 4, dropout: float = 0.5,
-        reference_readout: bool = False,
+        reference_readout: bool = False, train_eps: bool = True,
     ) -> None:
         super().__init__()
         if kind not in ("gcn", "gin"):
             raise ValueError(f"kind must be 'gcn' or 'gin', got {kind!r}")
-        conv = GCNConv if kind == "gcn" else GINConv
+        def conv(a: int, b: int) -> nn.Module:
+            return GCNConv(a, b) if kind == "gcn" else GINConv(a, b, train_eps)
+
         dims = [d_in] + [hidden] * layers + ([n_classes] if reference_readout else [])
         self.kind = kind
         self.reference_readout = reference_readout
