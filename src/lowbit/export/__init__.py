@@ -13,10 +13,13 @@ def export_model(
     """Export a lowbit checkpoint (codes carried over) or a float model (RTN on the fly) to another tool's format.
 
     `format` is "compressed-tensors" (a directory vLLM loads) or "gguf" (one llama.cpp file of `gguf_type`);
-    `bits`/`group_size` set the RTN format used when a float source goes to compressed-tensors.
+    `bits`/`group_size` set the RTN format used when a float source goes to compressed-tensors. The result
+    carries the export's seconds and the process's peak RSS (MiB): the export reads one layer at a time.
     """
+    import time
     from pathlib import Path
 
+    from lowbit.api import peak_rss_mb
     from lowbit.errors import LowbitError
     from lowbit.quantizers import WeightSpec
 
@@ -31,10 +34,14 @@ def export_model(
             raise LowbitError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}")
         from lowbit.export.source import open_source
 
-        return export_gguf(open_source(src), Path(out), gguf_type)
-    from lowbit.export.compressed_tensors import export_compressed_tensors, strategy
-    from lowbit.export.source import open_source
+        t0 = time.perf_counter()
+        res = export_gguf(open_source(src), Path(out), gguf_type)
+    else:
+        from lowbit.export.compressed_tensors import export_compressed_tensors, strategy
+        from lowbit.export.source import open_source
 
-    spec = WeightSpec(bits, group_size, True)
-    strategy(spec)
-    return export_compressed_tensors(open_source(src), Path(out), spec)
+        spec = WeightSpec(bits, group_size, True)
+        strategy(spec)
+        t0 = time.perf_counter()
+        res = export_compressed_tensors(open_source(src), Path(out), spec)
+    return {**res, "export_seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}

@@ -29,6 +29,15 @@ FORMAT_VERSION = 1
 SKIP = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".onnx")
 
 
+def publish(tmp: Path, out: Path) -> None:
+    """Rename a finished temporary file or directory to `out`, with the permissions a plain `open` or `mkdir`
+    would have given it (mkstemp / mkdtemp make them private to the owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~umask)
+    os.replace(tmp, out)
+
+
 @contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a temporary directory that becomes `out` only if the block finishes without error."""
@@ -38,7 +47,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        os.replace(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

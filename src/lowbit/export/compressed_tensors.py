@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
+from tqdm import tqdm
 
 from lowbit.errors import LowbitError
 from lowbit.export.checkpoint import QUANT_FILE, SKIP, atomic_dir
 from lowbit.export.source import ExportSource, note
 from lowbit.formats import pack
 from lowbit.kernels.qlinear import PackedLinear
+from lowbit.models.stream import write_safetensors
 from lowbit.quantizers import WeightSpec
 
 CT_FORMAT = "pack-quantized"
@@ -77,31 +81,51 @@ def module_tensors(name: str, m: PackedLinear) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec) -> dict:
-    """Write `src` as a compressed-tensors pack-quantized checkpoint in directory `out` (atomically)."""
-    from safetensors.torch import save_file
+def module_plan(name: str, m: nn.Module, spec: WeightSpec, dtype: torch.dtype) -> list[tuple[str, torch.dtype, tuple]]:
+    """(name, dtype, shape) of every tensor `module_tensors` writes for the linear `m` in format `spec`, bias last."""
+    out, inp, bits = m.out_features, m.in_features, spec.bits
+    groups = spec.groups(inp) if spec.group_size > 0 else 1
+    plan = [(f"{name}.weight_packed", torch.int32, (out, (inp * bits + 31) // 32)),
+            (f"{name}.weight_scale", torch.float16, (out, groups)), (f"{name}.weight_shape", torch.int64, (2,))]
+    if not spec.symmetric:
+        plan.append((f"{name}.weight_zero_point", torch.int32, ((out * bits + 31) // 32, groups)))
+    if m.bias is not None:
+        plan.append((f"{name}.bias", dtype, (out,)))
+    return plan
 
+
+def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec) -> dict:
+    """Write `src` as a compressed-tensors pack-quantized checkpoint in directory `out` (atomically, one layer
+    in memory at a time)."""
     if src.family.kind != "causal":
         raise LowbitError(f"compressed-tensors export supports decoder LMs; {src.path} is a {src.family.name} encoder")
-    if not src.quantized:
+    if src.quantized:
+        spec, rtn = src.spec, None
+        packed = [n for n in src.linear_names() if src.is_packed(n)]
+    else:
         note(f"{src.path} is not quantized: quantizing its block linears with RTN {rtn_spec.describe()} "
              "(give a lowbit checkpoint to carry GPTQ codes over instead)")
-        strategy(rtn_spec)
-        src.quantize_rtn(rtn_spec)
-    packed = src.packed()
-    specs = {m.spec for m in packed.values()}
-    if len(specs) != 1:
-        raise LowbitError(f"{src.path}: expected one weight format for all quantized layers, found {len(specs)}")
-    spec = specs.pop()
+        spec, rtn, packed = rtn_spec, rtn_spec, src.block_linear_names()
     strategy(spec)
     if spec.bits not in (4, 8):
         note(f"{spec.bits}-bit weights are valid compressed-tensors, but vLLM's kernels serve 4 and 8 bits only")
-    tensors = src.float_state()
-    for name, m in packed.items():
-        tensors.update(module_tensors(name, m))
-        if m.bias is not None:
-            tensors[f"{name}.bias"] = m.bias.data.to(src.storage_dtype).contiguous()
-    ignore = [n for n, m in src.linears().items() if not isinstance(m, PackedLinear)]
+    floats = src.float_names(set(packed))
+    dtype = src.storage_dtype
+    plan = [(n, dtype if src.model.state_dict()[n].is_floating_point() else src.index.where[n][3], src.shape(n))
+            for n in floats]  # fmt: skip
+    for name in packed:
+        plan += module_plan(name, src.model.get_submodule(name), spec, dtype)
+
+    def tensors() -> Iterator[torch.Tensor]:
+        for n in floats:
+            yield src.tensor(n)
+        for name in tqdm(packed, desc=f"compressed-tensors W{spec.bits}A16", unit="layer", disable=None):
+            m = src.linear(name, rtn)
+            yield from module_tensors(name, m).values()
+            if m.bias is not None:
+                yield m.bias.data.to(dtype).contiguous()
+
+    ignore = [n for n in src.linear_names() if n not in set(packed)]
     config = dict(src.config)
     config["quantization_config"] = quantization_config(spec, ignore)
     with atomic_dir(out) as tmp:
@@ -109,7 +133,7 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
             if f.is_file() and not f.name.endswith(SKIP) and not f.name.endswith(".index.json") \
                     and f.name not in (QUANT_FILE, "config.json"):
                 shutil.copy2(f, tmp / f.name)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(tmp / "model.safetensors", plan, tensors(), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return {"out": str(out), "format": "compressed-tensors", "scheme": f"W{spec.bits}A16", "spec": spec.describe(),
             "modules": len(packed), "ignored": sorted(ignore), "carried_over": src.quantized,

@@ -19,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm import tqdm
 
 from lowbit.errors import LowbitError
 from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_q4_k
 from lowbit.export.source import ExportSource, atomic_file, note
 from lowbit.kernels.qlinear import PackedLinear
+from lowbit.quantizers import WeightSpec
 
 GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_K")
 FAMILIES = ("llama", "mistral")
@@ -115,48 +118,97 @@ def sentencepiece_vocab(path: Path, vocab_size: int) -> dict:
     return {"tokens": tokens, "scores": scores, "types": types, "ids": ids}
 
 
-def carry_over(m: PackedLinear, qtype: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Signed integers [out, in] and fp16 block scales [out, in/32] if `m` is exactly a `qtype` tensor, else None."""
-    g = m.spec.group_size
-    if qtype == "Q4_K" or m.in_features % QK or (g > 0 and g % QK):
-        return None
-    x = m.codes().to(torch.int32)
-    zeros = m.zeros().round().to(torch.int32)  # [rows, groups]
-    scales = m.scales  # fp16 [rows, groups]
-    reps = m.in_features // QK if g <= 0 else g // QK
-    zeros = zeros.repeat_interleave(m.in_features // zeros.shape[1], dim=1).expand(m.out_features, -1)
-    x = x - zeros
+def carries(spec: WeightSpec, in_features: int, qtype: str) -> bool:
+    """Whether codes of `spec` are exactly `qtype` blocks: groups a multiple of 32 (or per channel or tensor)
+    and every code - zero in the type's range (symmetric zeros sit at 2^(bits-1), asymmetric ones anywhere)."""
+    g = spec.group_size
+    if qtype not in INT_RANGE or in_features % QK or (g > 0 and g % QK):
+        return False
     lo, hi = INT_RANGE[qtype]
-    if int(x.min()) < lo or int(x.max()) > hi:
-        return None
-    d = scales.repeat_interleave(reps, dim=1).expand(m.out_features, -1).contiguous()
-    return x, d
+    half, full = 1 << (spec.bits - 1), (1 << spec.bits) - 1
+    return (-half >= lo and half - 1 <= hi) if spec.symmetric else (-full >= lo and full <= hi)
 
 
-def linear_tensor(m: torch.nn.Module, qtype: str, perm: torch.Tensor | None) -> tuple[np.ndarray, str, bool]:
-    """GGUF bytes of one linear weight in `qtype` (rows permuted by `perm`), its type name, and whether carried over."""
+def linear_kind(spec: WeightSpec | None, in_features: int, qtype: str) -> tuple[str, bool]:
+    """GGUF type of one linear weight and whether its codes are carried over, decided from its format alone."""
+    if spec is not None and carries(spec, in_features, qtype):
+        return qtype, True
+    if qtype == "Q4_K" and in_features % QK_K == 0:
+        return qtype, False
+    if in_features % QK:
+        return "F16", False
+    return (qtype if qtype != "Q4_K" else "Q8_0"), False  # llama.cpp also leaves Q4_K for rows not a multiple of 256
+
+
+def linear_tensor(m: nn.Module, kind: str, exact: bool, perm: torch.Tensor | None) -> np.ndarray:
+    """GGUF data of one linear weight as `kind`, rows permuted by `perm`; `exact`: its own codes and scales."""
     import gguf
 
-    exact = carry_over(m, qtype) if isinstance(m, PackedLinear) else None
-    if exact is not None:
-        x, d = exact
+    if exact:
+        groups = m.scales.shape[1]
+        zeros = m.zeros().round().to(torch.int32).repeat_interleave(m.in_features // groups, dim=1)
+        x = m.codes().to(torch.int32) - zeros.expand(m.out_features, -1)
+        d = m.scales.repeat_interleave(m.in_features // QK // groups, dim=1).expand(m.out_features, -1)
         if perm is not None:
             x, d = x[perm], d[perm]
-        return int_blocks(x, d, qtype), qtype, True
+        return int_blocks(x, d.contiguous(), kind)
     w = m.dequantized_weight(torch.float32) if isinstance(m, PackedLinear) else m.weight.data.float()
     if perm is not None:
         w = w[perm]
-    if qtype == "Q4_K" and w.shape[1] % QK_K == 0:
-        return quantize_q4_k(w)[0], qtype, False
-    if w.shape[1] % QK:
-        return w.to(torch.float16).numpy(), "F16", False
-    fallback = qtype if qtype != "Q4_K" else "Q8_0"  # llama.cpp also leaves Q4_K for rows not a multiple of 256
-    t = getattr(gguf.GGMLQuantizationType, fallback)
-    return gguf.quants.quantize(w.contiguous().numpy(), t), fallback, False
+    if kind == "Q4_K":
+        return quantize_q4_k(w)[0]
+    if kind == "F16":
+        return w.to(torch.float16).numpy()
+    return gguf.quants.quantize(w.contiguous().numpy(), getattr(gguf.GGMLQuantizationType, kind))
+
+
+def tensor_info(kind: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], np.dtype, int, object]:
+    """Stored shape, numpy dtype, byte count and raw GGML type (None for floats) of a tensor of `kind`."""
+    import gguf
+
+    if kind in ("F16", "F32"):
+        dt = np.dtype(np.float16 if kind == "F16" else np.float32)
+        return shape, dt, int(np.prod(shape)) * dt.itemsize, None
+    raw = getattr(gguf.GGMLQuantizationType, kind)
+    block, size = gguf.GGML_QUANT_SIZES[raw]
+    rows, cols = shape
+    return (rows, cols // block * size), np.dtype(np.uint8), rows * (cols // block * size), raw
+
+
+def write_metadata(w, src: ExportSource, hp: dict, vocab: dict, qtype: str) -> None:  # w: gguf.GGUFWriter
+    """The llama.* hyper-parameters, file type and SentencePiece vocabulary."""
+    import gguf
+
+    w.add_name(src.path.name)
+    w.add_context_length(hp["context"])
+    w.add_embedding_length(hp["hidden"])
+    w.add_block_count(hp["layers"])
+    w.add_feed_forward_length(hp["ffn"])
+    w.add_head_count(hp["n_head"])
+    w.add_head_count_kv(hp["n_kv"])
+    w.add_rope_freq_base(hp["rope_theta"])
+    w.add_rope_dimension_count(hp["head_dim"])
+    w.add_layer_norm_rms_eps(hp["eps"])
+    w.add_vocab_size(hp["vocab"])
+    if hp["head_dim"] * hp["n_head"] != hp["hidden"]:
+        w.add_key_length(hp["head_dim"])
+        w.add_value_length(hp["head_dim"])
+    w.add_file_type(FILE_TYPE[qtype])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(vocab["tokens"])
+    w.add_token_scores(vocab["scores"])
+    w.add_token_types(vocab["types"])
+    for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
+                     ("pad", w.add_pad_token_id)):
+        if vocab["ids"][key] >= 0:
+            add(vocab["ids"][key])
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
 
 
 def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
-    """Write `src` as a GGUF file of type `qtype` at `out` (atomically); returns a summary."""
+    """Write `src` as a GGUF file of type `qtype` at `out` (atomically, one layer in memory at a time)."""
     import gguf
 
     if qtype not in GGUF_TYPES:
@@ -168,73 +220,54 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
     vocab = sentencepiece_vocab(src.path, hp["vocab"])
     if not src.quantized:
         note(f"{src.path} is not quantized: its linear weights are quantized to {qtype} with round-to-nearest")
-    linears = {n: m for n, m in src.linears().items() if n.startswith("model.layers.")}
-    floats = {k: v for k, v in src.float_state().items()
-              if k.rpartition(".")[0] not in linears or not k.endswith(".weight")}
-    tied = bool(src.config.get("tie_word_embeddings", False))
-    if tied:
-        floats.pop("lm_head.weight", None)
+    linears = [n for n in src.linear_names() if n.startswith("model.layers.")]
+    floats = src.float_names(set(linears))
+    if bool(src.config.get("tie_word_embeddings", False)) and "lm_head.weight" in floats:
+        floats.remove("lm_head.weight")
+    keep = "F16" if src.storage_dtype == torch.float16 else "F32"  # 2-D floats keep F16, else F32; norms F32
+    # Pass 1 plans every tensor (name, type, size) from the structure alone, so that the header and the tensor
+    # table are written first; pass 2 reads, converts and writes one layer at a time.
+    jobs: list[tuple[str, str, object, list]] = []
+    for name in floats:
+        shape = src.shape(name)
+        kind = "F32" if len(shape) == 1 else keep
+        jobs.append(("float", name, kind, [(gguf_name(name), tensor_info(kind, shape))]))
     kinds: Counter = Counter()
+    for name in linears:
+        shell = src.model.get_submodule(name)
+        gname = gguf_name(name)
+        kind, exact = linear_kind(shell.spec if src.is_packed(name) else None, shell.in_features, qtype)
+        kinds[f"{kind} {'carried over' if exact else 're-quantized'}" if kind != "F16" else "F16"] += 1
+        heads = {".attn_q": hp["n_head"], ".attn_k": hp["n_kv"]}.get(gname[gname.rfind("."):])
+        perm = rope_permutation(shell.out_features, heads) if heads else None
+        tensors = [(f"{gname}.weight", tensor_info(kind, (shell.out_features, shell.in_features)))]
+        if shell.bias is not None:
+            tensors.append((f"{gname}.bias", tensor_info("F32", (shell.out_features,))))
+        jobs.append(("linear", name, (kind, exact, perm), tensors))
     with atomic_file(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
-        w.add_name(src.path.name)
-        w.add_context_length(hp["context"])
-        w.add_embedding_length(hp["hidden"])
-        w.add_block_count(hp["layers"])
-        w.add_feed_forward_length(hp["ffn"])
-        w.add_head_count(hp["n_head"])
-        w.add_head_count_kv(hp["n_kv"])
-        w.add_rope_freq_base(hp["rope_theta"])
-        w.add_rope_dimension_count(hp["head_dim"])
-        w.add_layer_norm_rms_eps(hp["eps"])
-        w.add_vocab_size(hp["vocab"])
-        if hp["head_dim"] * hp["n_head"] != hp["hidden"]:
-            w.add_key_length(hp["head_dim"])
-            w.add_value_length(hp["head_dim"])
-        w.add_file_type(FILE_TYPE[qtype])
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_tokenizer_model("llama")
-        w.add_token_list(vocab["tokens"])
-        w.add_token_scores(vocab["scores"])
-        w.add_token_types(vocab["types"])
-        for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
-                         ("pad", w.add_pad_token_id)):
-            if vocab["ids"][key] >= 0:
-                add(vocab["ids"][key])
-        w.add_add_bos_token(True)
-        w.add_add_eos_token(False)
-        for name, t in floats.items():
-            if name.rpartition(".")[0] in linears and name.endswith(".bias"):
-                continue
-            gname = gguf_name(name)
-            if t.dim() == 1:
-                w.add_tensor(gname, t.float().numpy())
-            else:
-                keep = torch.float16 if src.storage_dtype == torch.float16 else torch.float32
-                w.add_tensor(gname, t.to(keep).contiguous().numpy())
-        for name, m in linears.items():
-            gname = gguf_name(name)
-            perm = None
-            if gname.endswith(".attn_q"):
-                perm = rope_permutation(m.out_features, hp["n_head"])
-            elif gname.endswith(".attn_k"):
-                perm = rope_permutation(m.out_features, hp["n_kv"])
-            data, kind, exact = linear_tensor(m, qtype, perm)
-            kinds[f"{kind} {'carried over' if exact else 're-quantized'}" if kind != "F16" else "F16"] += 1
-            raw = getattr(gguf.GGMLQuantizationType, kind) if data.dtype == np.uint8 else None
-            w.add_tensor(f"{gname}.weight", data, raw_dtype=raw)
-            if m.bias is not None:
-                b = m.bias.data.float()
-                w.add_tensor(f"{gname}.bias", (b[perm] if perm is not None else b).numpy())
+        write_metadata(w, src, hp, vocab, qtype)
+        for _, _, _, tensors in jobs:
+            for gname, (shape, dtype, nbytes, raw) in tensors:
+                w.add_tensor_info(gname, shape, dtype, nbytes, raw_dtype=raw)
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        for what, name, how, _ in tqdm(jobs, desc=f"GGUF {qtype}", unit="tensor", disable=None):
+            if what == "float":
+                w.write_tensor_data(src.tensor(name, torch.float16 if how == "F16" else torch.float32).numpy())
+                continue
+            kind, exact, perm = how
+            m = src.linear(name)
+            w.write_tensor_data(np.ascontiguousarray(linear_tensor(m, kind, exact, perm)))
+            if m.bias is not None:
+                b = m.bias.data.float()
+                w.write_tensor_data((b[perm] if perm is not None else b).contiguous().numpy())
         w.close()
     requant = sum(v for k, v in kinds.items() if "re-quantized" in k)
     if src.quantized and requant:
-        spec = next(iter(src.packed().values())).spec.describe() if src.packed() else "float"
-        note(f"{requant} of {len(linears)} linear weights were re-quantized from the dequantized {spec} weights "
-             f"into {qtype}: the format does not map onto it exactly ({dict(kinds)})")
+        note(f"{requant} of {len(linears)} linear weights were re-quantized from the dequantized "
+             f"{src.spec.describe()} weights into {qtype}: the format does not map onto it exactly ({dict(kinds)})")
     return {"out": str(out), "format": "gguf", "type": qtype, "tensors": dict(kinds),
             "carried_over": sum(v for k, v in kinds.items() if "carried" in k), "linears": len(linears),
             "bytes": out.stat().st_size}

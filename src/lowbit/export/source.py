@@ -1,4 +1,4 @@
-"""The model an export reads: a lowbit checkpoint (its packed codes carried over as stored) or a float model."""
+"""The model an export reads, one tensor at a time: a lowbit checkpoint (packed codes as stored) or a float model."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.export.checkpoint import install_packed, publish
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.families import Family, block_linears
+from lowbit.models.stream import TensorIndex
 from lowbit.quantizers import WeightSpec, quantize_weight
 
 
@@ -26,13 +28,23 @@ def note(msg: str) -> None:
 
 @dataclass
 class ExportSource:
-    """A loaded source: the model (quantized linears as PackedLinear), its config, family and directory."""
+    """A source opened lazily: its structure on the meta device and an index of its tensors on disk.
+
+    Exporters ask for one tensor or one linear layer at a time (`tensor`, `linear`), so memory holds about
+    one layer, whatever the model's size; nothing is read twice unless asked for twice.
+    """
 
     path: Path
     config: dict
     family: Family
-    model: nn.Module
-    quantized: bool  # True for a lowbit checkpoint, False for a full-precision directory
+    model: nn.Module  # on the meta device: module types, names and shapes, no storage
+    index: TensorIndex
+    spec: WeightSpec | None  # the packed format of a lowbit checkpoint; None for a full-precision directory
+
+    @property
+    def quantized(self) -> bool:
+        """True for a lowbit checkpoint, False for a full-precision directory."""
+        return self.spec is not None
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -40,43 +52,66 @@ class ExportSource:
         name = str(self.config.get("torch_dtype") or self.config.get("dtype") or "float32")
         return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float32)
 
-    def packed(self) -> dict[str, PackedLinear]:
-        """The packed linear modules by name."""
-        return {n: m for n, m in self.model.named_modules() if isinstance(m, PackedLinear)}
+    def linear_names(self) -> list[str]:
+        """Every linear layer of the model (packed or float, the LM head included), in module order."""
+        return [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear | PackedLinear)]
 
-    def linears(self) -> dict[str, nn.Module]:
-        """Every linear layer of the model (packed or float, the LM head included), by module name."""
-        return {n: m for n, m in self.model.named_modules() if isinstance(m, nn.Linear | PackedLinear)}
+    def is_packed(self, name: str) -> bool:
+        """Whether the linear `name` is stored packed (a lowbit checkpoint's quantized layer)."""
+        return isinstance(self.model.get_submodule(name), PackedLinear)
 
-    def float_state(self) -> dict[str, torch.Tensor]:
-        """Every tensor except the packed buffers, tied duplicates dropped, in the source's storage dtype."""
-        seen: set[int] = set()
-        out = {}
-        for k, v in self.model.state_dict().items():
-            owner, _, leaf = k.rpartition(".")
-            if leaf != "bias" and isinstance(self.model.get_submodule(owner), PackedLinear):
-                continue  # packed buffers (and any kernel caches) are written by each format's own layout
-            if v.numel() and v.data_ptr() in seen:
-                continue
-            seen.add(v.data_ptr())
-            out[k] = (v.to(self.storage_dtype) if v.is_floating_point() else v).contiguous()
-        return out
+    def block_linear_names(self) -> list[str]:
+        """The linear layers inside the transformer blocks (the ones lowbit quantizes), in order."""
+        prefix = self.family.blocks_prefix(self.model)
+        return [f"{prefix}.{i}.{n}" for i, block in enumerate(self.family.blocks(self.model))
+                for n in block_linears(block)]  # fmt: skip
 
-    def quantize_rtn(self, spec: WeightSpec) -> None:
-        """Round-to-nearest every block linear of a float source into PackedLinear modules (`spec`), in place."""
-        for block in self.family.blocks(self.model):
-            for name, lin in block_linears(block).items():
-                parent_name, _, child = name.rpartition(".")
-                parent = block.get_submodule(parent_name) if parent_name else block
-                q = quantize_weight(lin.weight.data.float(), spec)
-                bias = lin.bias.data if lin.bias is not None else None
-                setattr(parent, child, PackedLinear.from_quantized(q, bias))
+    def float_names(self, skip: set[str] = frozenset()) -> list[str]:
+        """Tensors outside the packed layers and outside the linear layers named in `skip`, tied copies dropped."""
+        owners = set(skip) | {n for n in self.linear_names() if self.is_packed(n)}
+        names = [k for k in self.model.state_dict() if k.rpartition(".")[0] not in owners]
+        return [k for k in names if k in self.index or not self._tied(k)]
+
+    def _tied(self, name: str) -> bool:
+        return name == "lm_head.weight" and bool(self.config.get("tie_word_embeddings", False))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, from the model's structure (nothing is read)."""
+        return tuple(self.model.state_dict()[name].shape)
+
+    def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor read from disk, float ones cast to `dtype` (default: the storage dtype) and checked finite."""
+        t = self.index.read(name)
+        if t.is_floating_point():
+            if not bool(torch.isfinite(t).all()):
+                raise LowbitError(f"{self.path}: tensor {name} holds NaN or Inf values; the checkpoint is broken")
+            t = t.to(dtype or self.storage_dtype)
+        return t.contiguous()
+
+    def linear(self, name: str, rtn: WeightSpec | None = None) -> nn.Module:
+        """One linear layer read from disk: a PackedLinear as stored, else an nn.Linear in float32, or, with
+        `rtn`, a block linear of a full-precision source rounded to nearest into a PackedLinear of that format."""
+        shell = self.model.get_submodule(name)
+        has_bias = shell.bias is not None
+        if isinstance(shell, PackedLinear):
+            m = PackedLinear(shell.in_features, shell.out_features, shell.spec, has_bias)
+            m.load_state_dict({k: self.tensor(f"{name}.{k}", v.dtype) for k, v in m.state_dict().items()})
+            return m
+        w = self.tensor(f"{name}.weight", torch.float32)
+        b = self.tensor(f"{name}.bias", torch.float32) if has_bias else None
+        if rtn is not None and name in set(self.block_linear_names()):
+            return PackedLinear.from_quantized(quantize_weight(w, rtn), b)
+        lin = nn.Linear(shell.in_features, shell.out_features, bias=has_bias, device="meta")
+        lin.weight = nn.Parameter(w, requires_grad=False)
+        if b is not None:
+            lin.bias = nn.Parameter(b, requires_grad=False)
+        return lin
 
 
 def open_source(src: str | Path) -> ExportSource:
-    """Load a lowbit checkpoint or a full-precision directory (or 'demo') for export, on the CPU in float32."""
-    from lowbit.export.checkpoint import load_with_tokenizer, read_quant_config
-    from lowbit.models.load import resolve_source
+    """Open a lowbit checkpoint or a full-precision directory (or 'demo') for export, without reading weights."""
+    from lowbit.export.checkpoint import read_quant_config
+    from lowbit.models.load import build_from_config, check_weight_files, family_of, read_config, resolve_source
 
     path = resolve_source(src)
     qcfg = read_quant_config(path)
@@ -84,9 +119,36 @@ def open_source(src: str | Path) -> ExportSource:
         raise LowbitError(f"{path} quantizes activations or applies online transforms at run time (act_bits "
                           f"{qcfg.get('act_bits', 16)}, input transforms {bool(qcfg.get('input_transforms'))}); "
                           "compressed-tensors W*A16 and GGUF hold weight-only models: export a weight-only checkpoint")
-    quantized = qcfg is not None
-    loaded = load_with_tokenizer(path, torch.float32)
-    return ExportSource(path, loaded.config, loaded.family, loaded.model, quantized)
+    config = read_config(path)
+    family = family_of(config, path)
+    index = TensorIndex(check_weight_files(path))
+    try:
+        model = build_from_config(path, family.kind, torch.float32, "meta")
+    except Exception as e:
+        raise LowbitError(f"cannot build the model that {path}/config.json describes ({type(e).__name__}: "
+                          f"{str(e)[:300]})") from e
+    spec = None
+    if qcfg is not None:
+        spec = WeightSpec(qcfg["bits"], qcfg["group_size"], qcfg["symmetric"])
+        with torch.device("meta"):
+            install_packed(model, qcfg["modules"], spec)
+    source = ExportSource(path, config, family, model, index, spec)
+    _check_tensors(source)
+    return source
+
+
+def _check_tensors(src: ExportSource) -> None:
+    """Every tensor the model needs is in the files with its shape (headers only), or a clear error."""
+    for name, t in src.model.state_dict().items():
+        if name not in src.index:
+            if src._tied(name):
+                continue
+            raise LowbitError(f"{src.path}: the weight files have no tensor {name}, which config.json"
+                              f"{' and lowbit_quant.json' if src.quantized else ''} call for; the checkpoint is "
+                              "damaged or was written by another tool")
+        if tuple(src.index.where[name][4]) != tuple(t.shape):
+            raise LowbitError(f"{src.path}: tensor {name} has shape {tuple(src.index.where[name][4])} in the files "
+                              f"but {tuple(t.shape)} in config.json; the checkpoint is damaged")
 
 
 @contextmanager
@@ -100,7 +162,7 @@ def atomic_file(out: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.replace(tmp, out)
+        publish(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,4 +1,4 @@
-"""Read safetensors files tensor by tensor with plain file reads, so a checkpoint is never mapped whole.
+"""Read and write safetensors files tensor by tensor (plain file I/O), so a checkpoint is never held whole.
 
 Memory-mapped loading keeps every touched page of the checkpoint resident until the file is closed, which
 adds the checkpoint's size to the peak; reading each tensor into its destination keeps the peak at the
@@ -8,6 +8,7 @@ model plus one tensor.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,3 +88,32 @@ class TensorIndex:
         path, offset, size, dtype, shape = self.where[name]
         with open(path, "rb") as f:
             return _read(f, path, name, offset, size, dtype, shape)
+
+
+def write_safetensors(path: Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                      tensors: Iterator[torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a .safetensors file one tensor at a time: the header from `plan` (name, dtype, shape), then each
+    tensor that `tensors` yields, in plan order and checked against it, so memory holds one tensor."""
+    names = {v: k for k, v in DTYPES.items()}
+    header: dict = {}
+    offset = 0
+    for name, dtype, shape in plan:
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        count = 0
+        for (name, dtype, shape), t in zip(plan, tensors, strict=False):
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise RuntimeError(f"{name}: planned {dtype} {tuple(shape)}, produced {t.dtype} {tuple(t.shape)}")
+            if t.numel():
+                f.write(memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()))
+            count += 1
+        if count != len(plan):
+            raise RuntimeError(f"{path}: {count} tensors produced for a plan of {len(plan)}")
