@@ -71,3 +71,14 @@ def test_interrupt_then_resume(tiny_models, calib_file, tmp_path, monkeypatch):
     api.quantize_dir(tiny_models["llama"], tmp_path / "ref", cfg, calib_file, calib, progress=False, stream=True)
     a, b = _tensors(out), _tensors(tmp_path / "ref")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_stream_prints_its_summary(tiny_models, tmp_path, capsys):
+    """`lowbit quantize --stream` without --json printed a KeyError after writing (the result had no act_bits)."""
+    from lowbit.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["quantize", str(tiny_models["llama"]), "--method", "rtn", "--bits", "4", "--group-size", "32",
+                 "--stream", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"wrote {out}: W4 g32") and "A16" in line and "bits/weight" in line

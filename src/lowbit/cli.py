@@ -33,7 +33,7 @@ def _quantize(a: argparse.Namespace) -> None:
     calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size, seed=a.calib_seed)
     res = api.quantize_dir(a.src, a.out, config, a.calib, calib, stream=a.stream, resume=a.resume)
     print(api.describe(res) if a.json else
-          f"wrote {res['out']}: {config.weight.describe()} A{res['act_bits']}"
+          f"wrote {res['out']}: {config.weight.describe()} A{res.get('act_bits', 16)}"
           f"{'' if res.get('kv_bits', 16) == 16 else ' KV' + str(res['kv_bits'])} via {method}, "
           f"{res['bits_per_weight']:.3f} bits/weight, "
           f"{res['quantize_seconds']:.1f} s quantizing, peak RSS {res['peak_rss_mb']:.0f} MiB")
