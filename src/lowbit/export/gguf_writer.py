@@ -26,7 +26,6 @@ from lowbit.errors import LowbitError
 from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_q4_k
 from lowbit.export.source import ExportSource, atomic_file, note
 from lowbit.kernels.qlinear import PackedLinear
-from lowbit.quantizers import WeightSpec
 
 GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_K")
 FAMILIES = ("llama", "mistral")
@@ -118,48 +117,50 @@ def sentencepiece_vocab(path: Path, vocab_size: int) -> dict:
     return {"tokens": tokens, "scores": scores, "types": types, "ids": ids}
 
 
-def carries(spec: WeightSpec, in_features: int, qtype: str) -> bool:
-    """Whether codes of `spec` are exactly `qtype` blocks: groups a multiple of 32 (or per channel or tensor)
-    and every code - zero in the type's range (symmetric zeros sit at 2^(bits-1), asymmetric ones anywhere)."""
-    g = spec.group_size
-    if qtype not in INT_RANGE or in_features % QK or (g > 0 and g % QK):
-        return False
-    lo, hi = INT_RANGE[qtype]
-    half, full = 1 << (spec.bits - 1), (1 << spec.bits) - 1
-    return (-half >= lo and half - 1 <= hi) if spec.symmetric else (-full >= lo and full <= hi)
+def carry_over(m: PackedLinear, kind: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Signed integers [out, in] and fp16 block scales [out, in/32] if `m` is exactly a `kind` tensor, else None:
+    groups a multiple of 32 (or per channel or tensor) and every code - zero in the type's range."""
+    g = m.spec.group_size
+    if kind not in INT_RANGE or m.in_features % QK or (g > 0 and g % QK):
+        return None
+    groups = m.scales.shape[1]
+    zeros = m.zeros().round().to(torch.int32).repeat_interleave(m.in_features // groups, dim=1)
+    x = m.codes().to(torch.int32) - zeros.expand(m.out_features, -1)
+    lo, hi = INT_RANGE[kind]
+    if int(x.min()) < lo or int(x.max()) > hi:
+        return None
+    d = m.scales.repeat_interleave(m.in_features // QK // groups, dim=1).expand(m.out_features, -1)
+    return x, d.contiguous()
 
 
-def linear_kind(spec: WeightSpec | None, in_features: int, qtype: str) -> tuple[str, bool]:
-    """GGUF type of one linear weight and whether its codes are carried over, decided from its format alone."""
-    if spec is not None and carries(spec, in_features, qtype):
-        return qtype, True
+def linear_kind(in_features: int, qtype: str) -> str:
+    """GGUF type of a linear weight with rows of `in_features` in a `qtype` file (known before any weight is read:
+    carried-over and re-quantized weights of one type take the same bytes)."""
     if qtype == "Q4_K" and in_features % QK_K == 0:
-        return qtype, False
+        return qtype
     if in_features % QK:
-        return "F16", False
-    return (qtype if qtype != "Q4_K" else "Q8_0"), False  # llama.cpp also leaves Q4_K for rows not a multiple of 256
+        return "F16"
+    return qtype if qtype != "Q4_K" else "Q8_0"  # llama.cpp also leaves Q4_K for rows not a multiple of 256
 
 
-def linear_tensor(m: nn.Module, kind: str, exact: bool, perm: torch.Tensor | None) -> np.ndarray:
-    """GGUF data of one linear weight as `kind`, rows permuted by `perm`; `exact`: its own codes and scales."""
+def linear_tensor(m: nn.Module, kind: str, perm: torch.Tensor | None) -> tuple[np.ndarray, bool]:
+    """GGUF data of one linear weight as `kind`, rows permuted by `perm`, and whether its own codes carried over."""
     import gguf
 
-    if exact:
-        groups = m.scales.shape[1]
-        zeros = m.zeros().round().to(torch.int32).repeat_interleave(m.in_features // groups, dim=1)
-        x = m.codes().to(torch.int32) - zeros.expand(m.out_features, -1)
-        d = m.scales.repeat_interleave(m.in_features // QK // groups, dim=1).expand(m.out_features, -1)
+    exact = carry_over(m, kind) if isinstance(m, PackedLinear) else None
+    if exact is not None:
+        x, d = exact
         if perm is not None:
             x, d = x[perm], d[perm]
-        return int_blocks(x, d.contiguous(), kind)
+        return int_blocks(x, d, kind), True
     w = m.dequantized_weight(torch.float32) if isinstance(m, PackedLinear) else m.weight.data.float()
     if perm is not None:
         w = w[perm]
     if kind == "Q4_K":
-        return quantize_q4_k(w)[0]
+        return quantize_q4_k(w)[0], False
     if kind == "F16":
-        return w.to(torch.float16).numpy()
-    return gguf.quants.quantize(w.contiguous().numpy(), getattr(gguf.GGMLQuantizationType, kind))
+        return w.to(torch.float16).numpy(), False
+    return gguf.quants.quantize(w.contiguous().numpy(), getattr(gguf.GGMLQuantizationType, kind)), False
 
 
 def tensor_info(kind: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], np.dtype, int, object]:
@@ -232,18 +233,17 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
         shape = src.shape(name)
         kind = "F32" if len(shape) == 1 else keep
         jobs.append(("float", name, kind, [(gguf_name(name), tensor_info(kind, shape))]))
-    kinds: Counter = Counter()
     for name in linears:
         shell = src.model.get_submodule(name)
         gname = gguf_name(name)
-        kind, exact = linear_kind(shell.spec if src.is_packed(name) else None, shell.in_features, qtype)
-        kinds[f"{kind} {'carried over' if exact else 're-quantized'}" if kind != "F16" else "F16"] += 1
+        kind = linear_kind(shell.in_features, qtype)
         heads = {".attn_q": hp["n_head"], ".attn_k": hp["n_kv"]}.get(gname[gname.rfind("."):])
         perm = rope_permutation(shell.out_features, heads) if heads else None
         tensors = [(f"{gname}.weight", tensor_info(kind, (shell.out_features, shell.in_features)))]
         if shell.bias is not None:
             tensors.append((f"{gname}.bias", tensor_info("F32", (shell.out_features,))))
-        jobs.append(("linear", name, (kind, exact, perm), tensors))
+        jobs.append(("linear", name, (kind, perm), tensors))
+    kinds: Counter = Counter()
     with atomic_file(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
         write_metadata(w, src, hp, vocab, qtype)
@@ -257,9 +257,11 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
             if what == "float":
                 w.write_tensor_data(src.tensor(name, torch.float16 if how == "F16" else torch.float32).numpy())
                 continue
-            kind, exact, perm = how
+            kind, perm = how
             m = src.linear(name)
-            w.write_tensor_data(np.ascontiguousarray(linear_tensor(m, kind, exact, perm)))
+            data, exact = linear_tensor(m, kind, perm)
+            kinds[f"{kind} {'carried over' if exact else 're-quantized'}" if kind != "F16" else "F16"] += 1
+            w.write_tensor_data(np.ascontiguousarray(data))
             if m.bias is not None:
                 b = m.bias.data.float()
                 w.write_tensor_data((b[perm] if perm is not None else b).contiguous().numpy())
