@@ -249,6 +249,8 @@ def merge(paths: list[str]) -> tuple[dict, argparse.Namespace]:
     for key, regression in (("accuracy", False), ("tpsa_mae", True)):
         for kind, row in parts[0].get(key, {}).items():
             for name in row:
+                if any(name not in r.get(key, {}).get(kind, {}) for r in parts):
+                    continue  # a cell only some chunks ran (e.g. a first chunk with GCN too) is left out
                 cells = [r[key][kind][name] for r in parts]
                 epochs = [e for c in cells for e in c["epochs"]] if all("epochs" in c for c in cells) else None
                 result.setdefault(key, {}).setdefault(kind, {})[name] = summary_cell(

@@ -111,8 +111,7 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
         note(f"{spec.bits}-bit weights are valid compressed-tensors, but vLLM's kernels serve 4 and 8 bits only")
     floats = src.float_names(set(packed))
     dtype = src.storage_dtype
-    plan = [(n, dtype if src.model.state_dict()[n].is_floating_point() else src.index.where[n][3], src.shape(n))
-            for n in floats]  # fmt: skip
+    plan = [(n, dtype if src.structure[n].is_floating_point() else src.index.dtype(n), src.shape(n)) for n in floats]
     for name in packed:
         plan += module_plan(name, src.model.get_submodule(name), spec, dtype)
 

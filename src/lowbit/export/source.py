@@ -8,13 +8,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.export.checkpoint import install_packed, publish
+from lowbit.export.checkpoint import _storage_dtype, install_packed, publish
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.families import Family, block_linears
 from lowbit.models.stream import TensorIndex
@@ -49,8 +50,12 @@ class ExportSource:
     @property
     def storage_dtype(self) -> torch.dtype:
         """The float dtype the source stores its unquantized tensors in."""
-        name = str(self.config.get("torch_dtype") or self.config.get("dtype") or "float32")
-        return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float32)
+        return _storage_dtype(self.config)
+
+    @cached_property
+    def structure(self) -> dict[str, torch.Tensor]:
+        """The model's state dict on the meta device: every tensor's name, dtype and shape."""
+        return self.model.state_dict()
 
     def linear_names(self) -> list[str]:
         """Every linear layer of the model (packed or float, the LM head included), in module order."""
@@ -69,7 +74,7 @@ class ExportSource:
     def float_names(self, skip: set[str] = frozenset()) -> list[str]:
         """Tensors outside the packed layers and outside the linear layers named in `skip`, tied copies dropped."""
         owners = set(skip) | {n for n in self.linear_names() if self.is_packed(n)}
-        names = [k for k in self.model.state_dict() if k.rpartition(".")[0] not in owners]
+        names = [k for k in self.structure if k.rpartition(".")[0] not in owners]
         return [k for k in names if k in self.index or not self._tied(k)]
 
     def _tied(self, name: str) -> bool:
@@ -77,7 +82,7 @@ class ExportSource:
 
     def shape(self, name: str) -> tuple[int, ...]:
         """A tensor's shape, from the model's structure (nothing is read)."""
-        return tuple(self.model.state_dict()[name].shape)
+        return tuple(self.structure[name].shape)
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor read from disk, float ones cast to `dtype` (default: the storage dtype) and checked finite."""
@@ -139,15 +144,15 @@ def open_source(src: str | Path) -> ExportSource:
 
 def _check_tensors(src: ExportSource) -> None:
     """Every tensor the model needs is in the files with its shape (headers only), or a clear error."""
-    for name, t in src.model.state_dict().items():
+    for name, t in src.structure.items():
         if name not in src.index:
             if src._tied(name):
                 continue
             raise LowbitError(f"{src.path}: the weight files have no tensor {name}, which config.json"
                               f"{' and lowbit_quant.json' if src.quantized else ''} call for; the checkpoint is "
                               "damaged or was written by another tool")
-        if tuple(src.index.where[name][4]) != tuple(t.shape):
-            raise LowbitError(f"{src.path}: tensor {name} has shape {tuple(src.index.where[name][4])} in the files "
+        if src.index.shape(name) != tuple(t.shape):
+            raise LowbitError(f"{src.path}: tensor {name} has shape {src.index.shape(name)} in the files "
                               f"but {tuple(t.shape)} in config.json; the checkpoint is damaged")
 
 

@@ -83,6 +83,14 @@ class TensorIndex:
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, from the file header."""
+        return tuple(self.where[name][4])
+
+    def dtype(self, name: str) -> torch.dtype:
+        """A tensor's dtype, from the file header."""
+        return self.where[name][3]
+
     def read(self, name: str) -> torch.Tensor:
         """One tensor, read into fresh memory with a plain file read (no mapping of the file)."""
         path, offset, size, dtype, shape = self.where[name]
