@@ -12,8 +12,8 @@ from export_models import small_checkpoints
 
 from lowbit.cli import main
 from lowbit.export import export_model
-from lowbit.export.ggml_blocks import dequantize_q4_k, quantize_q4_k
-from lowbit.export.gguf_writer import gguf_name, rope_permutation
+from lowbit.export.ggml_blocks import dequantize_q4_k, quantize_q4_k, quantize_q6_k
+from lowbit.export.gguf_writer import gguf_name, more_bits, rope_permutation
 
 gguf = pytest.importorskip("gguf")
 
@@ -116,6 +116,53 @@ def test_q4_k_packer_against_gguf_reader():
     assert (theirs - w).pow(2).mean() / w.pow(2).mean() < 0.01
 
 
+def test_q6_k_packer_against_gguf_reader():
+    w = torch.randn(8, 512) * torch.linspace(0.01, 1.0, 512)
+    w[0, :256] = 0.0  # an all-zero super-block
+    w[1, :16] = 0.0  # an all-zero sub-block beside live ones
+    w[2, 300] = 40.0  # an outlier sets the super-block's scale (positive largest value: negative d)
+    w[3, 40] = -40.0
+    data, decoded = quantize_q6_k(w)
+    assert data.shape == (8, 2 * 210)
+    theirs = torch.from_numpy(gguf.quants.dequantize(data, gguf.GGMLQuantizationType.Q6_K).copy())
+    assert torch.equal(theirs, decoded) and torch.equal(theirs[0, :256], torch.zeros(256))
+    assert torch.equal(theirs[1, :16], torch.zeros(16))
+    assert abs(float(theirs[2, 300]) - 40.0) < 0.2 and abs(float(theirs[3, 40]) + 40.0) < 0.2
+    rel = (theirs - w).pow(2).mean() / w.pow(2).mean()
+    assert rel < 2e-3  # 6 bits: about 16x less error than Q4_K's 1%
+
+
+def test_q4_k_m_mixes_q6_k_where_llama_cpp_does(ckpts, tmp_path):
+    # llama.cpp's use_more_bits for 32 layers: the first 4, the last 4 and every third from layer 6
+    picked = [i for i in range(32) if more_bits(f"blk.{i}.ffn_down", 32)]
+    assert picked == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    assert not more_bits("blk.0.attn_q", 32) and more_bits("blk.0.attn_v", 32)
+    out = tmp_path / "m.gguf"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = export_model(str(ckpts["fp"]), str(out), "gguf", "Q4_K_M")
+    finally:
+        torch.set_num_threads(threads)
+    meta, tensors = _read(out)
+    assert meta["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    types = {n: t.tensor_type.name for n, t in tensors.items() if n.startswith("blk.")}
+    # 2 layers: layer 1 is in the last eighth (7 * 2 // 8 = 1), layer 0 is not
+    assert types["blk.1.attn_v.weight"] == types["blk.1.ffn_down.weight"] == "Q6_K"
+    assert types["blk.0.attn_v.weight"] == types["blk.0.ffn_down.weight"] == "Q4_K"
+    assert types["blk.1.attn_q.weight"] == "Q4_K" and res["tensors"] == {"Q4_K re-quantized": 12,
+                                                                        "Q6_K re-quantized": 2}
+    import lowbit
+
+    fp = lowbit.load(ckpts["fp"])
+    for name in ("blk.1.ffn_down.weight", "blk.0.ffn_down.weight"):
+        t = tensors[name]
+        theirs = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy())
+        ours = fp.get_submodule(f"model.layers.{name[4]}.mlp.down_proj").weight.detach().float()
+        rel = float((theirs - ours).pow(2).mean() / ours.pow(2).mean())
+        assert rel < (2e-3 if t.tensor_type.name == "Q6_K" else 0.01), (name, rel)
+
+
 def test_rope_permutation_turns_rotate_half_into_interleaved_pairs():
     """llama.cpp's rope rotates pairs (2i, 2i+1); HF's rotates (i, i + d/2): the permuted rows must agree."""
     heads, d, pos = 3, 8, 5.0
@@ -136,7 +183,7 @@ def test_unsupported_sources_are_clear_errors(tiny_models, ckpts, tmp_path, caps
     assert "Llama and Mistral" in capsys.readouterr().err
     assert main(["export", str(ckpts["w4g32"]), "--format", "gguf", "--type", "Q2_K",
                  "--out", str(tmp_path / "k.gguf")]) == 2
-    assert "Q8_0, Q4_0, Q4_K" in capsys.readouterr().err
+    assert "Q8_0, Q6_K, Q4_0, Q4_K, Q4_K_M" in capsys.readouterr().err
     w4a8 = tmp_path / "w4a8"  # a checkpoint that quantizes activations at run time has no W*A16 / GGUF form
     shutil.copytree(ckpts["w4g32"], w4a8)
     qcfg = json.loads((w4a8 / "lowbit_quant.json").read_text())

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a checkpoint to compressed-tensors (vLLM) or GGUF (llama.cpp)")
     x.add_argument("src")
     x.add_argument("--format", required=True, help="compressed-tensors or gguf")
-    x.add_argument("--type", default="Q4_0", help="GGUF type: Q8_0, Q4_0 or Q4_K (default Q4_0)")
+    x.add_argument("--type", default="Q4_0", help="GGUF type: Q8_0, Q6_K, Q4_0, Q4_K or Q4_K_M (default Q4_0)")
     x.add_argument("--bits", type=int, default=4, help="RTN bits when SRC is not quantized (compressed-tensors)")
     x.add_argument("--group-size", type=int, default=128, help="RTN group size when SRC is not quantized")
     x.add_argument("--out", required=True, help="output directory (compressed-tensors) or .gguf file")

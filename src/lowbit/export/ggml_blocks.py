@@ -108,3 +108,55 @@ def dequantize_q4_k(data: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
     qs = b[:, 16:].reshape(-1, 4, 1, QK).to(torch.int32)
     q = torch.cat([qs & 15, qs >> 4], dim=2).reshape(-1, 8, QK).float()
     return ((d * sc).unsqueeze(-1) * q - (dmin * m).unsqueeze(-1)).reshape(shape)
+
+
+def _qx_fit(x: torch.Tensor, nmax: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """llama.cpp's make_qx_quants (weights x^2) per row of x [n, 16]: a signed scale and integers in
+    -nmax..nmax-1 with x ~ scale * L; the value of largest magnitude maps to -nmax, then 18 nearby step sizes are
+    tried and the best weighted least-squares fit is kept (first best wins, as in the C loop)."""
+    mx = x.gather(-1, x.abs().argmax(-1, keepdim=True))  # signed value of the largest magnitude
+    live = mx.abs() >= 1e-15
+    safe = torch.where(live, mx, torch.ones_like(mx))
+    w = x * x
+    scale = best = codes = None
+    for k, step in enumerate([0] + [i for i in range(-9, 10) if i]):
+        l = torch.round(-(nmax + 0.1 * step) / safe * x).clamp(-nmax, nmax - 1)
+        sumlx, suml2 = (w * x * l).sum(-1, keepdim=True), (w * l * l).sum(-1, keepdim=True)
+        s = torch.where(suml2 > 0, sumlx / suml2.clamp_min(1e-30), torch.zeros_like(sumlx))
+        if k == 0:
+            scale, best, codes = s, s * sumlx, l
+            continue
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        scale, best = torch.where(better, s, scale), torch.where(better, s * sumlx, best)
+        codes = torch.where(better, l, codes)
+    return torch.where(live, scale, 0.0).squeeze(-1), torch.where(live, codes, 0.0)
+
+
+def quantize_q6_k(w: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """Q6_K bytes [out, in/256 * 210] of a float weight [out, in] (in % 256 == 0), and the weight they decode to.
+
+    A super-block of 256 holds 16 sub-blocks of 16: w = d * sc_j * (q - 32), q in 0..63 (low 4 bits in `ql`,
+    high 2 in `qh`), sc_j int8, d fp16, as llama.cpp's quantize_row_q6_K_ref: each sub-block fitted by
+    make_qx_quants, the scales put on an int8 grid whose -128 is the largest, the codes recomputed with them.
+    """
+    out, inp = w.shape
+    x = w.float().reshape(-1, 16, 16)  # [super-blocks, sub-block, 16]
+    n = x.shape[0]
+    sub_scale, fit = _qx_fit(x.reshape(-1, 16))
+    sub_scale, fit = sub_scale.reshape(n, 16), fit.reshape(n, 16, 16)
+    top = sub_scale.gather(-1, sub_scale.abs().argmax(-1, keepdim=True))  # signed scale of largest magnitude
+    live = top.abs() >= 1e-15
+    iscale = torch.where(live, -128.0 / torch.where(live, top, torch.ones_like(top)), torch.zeros_like(top))
+    d = torch.where(live, 1.0 / torch.where(live, iscale, torch.ones_like(iscale)), 0.0).to(torch.float16)
+    sc = torch.round(iscale * sub_scale).clamp(max=127).clamp(min=-128)
+    eff = (d.float() * sc).unsqueeze(-1)  # [n, 16, 1]
+    l = torch.where(eff != 0, torch.round(x / torch.where(eff != 0, eff, 1.0)).clamp(-32, 31), fit)
+    l = torch.where(live.unsqueeze(-1), l, 0.0)
+    q = (l + 32).to(torch.uint8).reshape(n, 2, 4, 32)  # halves of 128: four runs of 32
+    q1, q2, q3, q4 = q[:, :, 0], q[:, :, 1], q[:, :, 2], q[:, :, 3]
+    ql = torch.cat([(q1 & 15) | ((q3 & 15) << 4), (q2 & 15) | ((q4 & 15) << 4)], dim=-1).reshape(n, 128)
+    qh = ((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)).reshape(n, 64)
+    sc8 = sc.to(torch.int8).numpy().view(np.uint8)
+    blocks = np.concatenate([ql.numpy(), qh.numpy(), sc8, _fp16_bytes(d)], axis=1)
+    decoded = (eff * (q.reshape(n, 16, 16).float() - 32)).reshape(out, inp)
+    return np.ascontiguousarray(blocks.reshape(out, -1)), decoded

@@ -1,4 +1,5 @@
-"""Export a Llama/Mistral model to GGUF (llama.cpp's file format) as Q8_0, Q4_0 or Q4_K, with its tokenizer.
+"""Export a Llama/Mistral model to GGUF (llama.cpp's file format) as Q8_0, Q6_K, Q4_0, Q4_K or Q4_K_M, with its
+tokenizer.
 
 Follows llama.cpp's converter for the llama architecture: metadata keys `llama.*` (context, embedding and
 feed-forward lengths, heads, rope base and dimensions, RMS-norm epsilon), tensor names token_embd /
@@ -7,8 +8,9 @@ rope layout into llama.cpp's interleaved one, and the SentencePiece vocabulary (
 ids). Linear weights of a lowbit checkpoint whose format fits the GGUF type (groups a multiple of 32 or per
 channel, and every code - zero in the type's integer range: symmetric <= 4 bits for Q4_0, symmetric <= 8 or
 asymmetric <= 7 bits for Q8_0) are carried over as they are: the GGUF blocks decode to exactly our weights.
-Everything else is re-quantized from the dequantized weights, and the console says so. Embeddings and the LM
-head keep their stored precision (F16, or F32 for other dtypes); norms are F32.
+Everything else is re-quantized from the dequantized weights, and the console says so. Q4_K_M mixes Q4_K with
+Q6_K for the attn_v and ffn_down tensors llama.cpp's own Q4_K_M picks. Embeddings and the LM head keep their
+stored precision (F16, or F32 for other dtypes); norms are F32.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit.errors import LowbitError
-from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_q4_k
+from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_q4_k, quantize_q6_k
 from lowbit.export.source import ExportSource, atomic_file, note
 from lowbit.kernels.qlinear import PackedLinear
 
-GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_K")
+GGUF_TYPES = ("Q8_0", "Q6_K", "Q4_0", "Q4_K", "Q4_K_M")
 FAMILIES = ("llama", "mistral")
-FILE_TYPE = {"Q8_0": 7, "Q4_0": 2, "Q4_K": 14}  # llama.cpp's LlamaFileType: MOSTLY_Q8_0, MOSTLY_Q4_0, MOSTLY_Q4_K_S
+# llama.cpp's LlamaFileType: MOSTLY_Q8_0, MOSTLY_Q6_K, MOSTLY_Q4_0, MOSTLY_Q4_K_S, MOSTLY_Q4_K_M
+FILE_TYPE = {"Q8_0": 7, "Q6_K": 18, "Q4_0": 2, "Q4_K": 14, "Q4_K_M": 15}
 LAYER = {
     "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -133,14 +136,25 @@ def carry_over(m: PackedLinear, kind: str) -> tuple[torch.Tensor, torch.Tensor] 
     return x, d.contiguous()
 
 
-def linear_kind(in_features: int, qtype: str) -> str:
-    """GGUF type of a linear weight with rows of `in_features` in a `qtype` file (known before any weight is read:
-    carried-over and re-quantized weights of one type take the same bytes)."""
-    if qtype == "Q4_K" and in_features % QK_K == 0:
-        return qtype
-    if in_features % QK:
-        return "F16"
-    return qtype if qtype != "Q4_K" else "Q8_0"  # llama.cpp also leaves Q4_K for rows not a multiple of 256
+def more_bits(gname: str, n_layers: int) -> bool:
+    """Whether llama.cpp's Q4_K_M gives this tensor Q6_K: attn_v and ffn_down of the first and last eighth of
+    the layers and of every third layer between (llama_tensor_get_type's use_more_bits)."""
+    m = re.fullmatch(r"blk\.(\d+)\.(attn_v|ffn_down)", gname)
+    if not m:
+        return False
+    i = int(m.group(1))
+    return i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
+
+
+def linear_kind(in_features: int, qtype: str, gname: str = "", n_layers: int = 0) -> str:
+    """GGUF type of the linear weight `gname` with rows of `in_features` in a `qtype` file (known before any
+    weight is read: carried-over and re-quantized weights of one type take the same bytes)."""
+    kind = ("Q6_K" if more_bits(gname, n_layers) else "Q4_K") if qtype == "Q4_K_M" else qtype
+    if kind in ("Q4_K", "Q6_K"):
+        if in_features % QK_K == 0:
+            return kind
+        kind = "Q8_0"  # K-quants need rows of 256; llama.cpp falls back too (to Q5_0 / Q8_0)
+    return "F16" if in_features % QK else kind
 
 
 def linear_tensor(m: nn.Module, kind: str, perm: torch.Tensor | None) -> tuple[np.ndarray, bool]:
@@ -158,6 +172,8 @@ def linear_tensor(m: nn.Module, kind: str, perm: torch.Tensor | None) -> tuple[n
         w = w[perm]
     if kind == "Q4_K":
         return quantize_q4_k(w)[0], False
+    if kind == "Q6_K":
+        return quantize_q6_k(w)[0], False
     if kind == "F16":
         return w.to(torch.float16).numpy(), False
     return gguf.quants.quantize(w.contiguous().numpy(), getattr(gguf.GGMLQuantizationType, kind)), False
@@ -236,7 +252,7 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
     for name in linears:
         shell = src.model.get_submodule(name)
         gname = gguf_name(name)
-        kind = linear_kind(shell.in_features, qtype)
+        kind = linear_kind(shell.in_features, qtype, gname, hp["layers"])
         heads = {".attn_q": hp["n_head"], ".attn_k": hp["n_kv"]}.get(gname[gname.rfind("."):])
         perm = rope_permutation(shell.out_features, heads) if heads else None
         tensors = [(f"{gname}.weight", tensor_info(kind, (shell.out_features, shell.in_features)))]
