@@ -40,7 +40,7 @@ def test_open_source_reads_no_weights_and_serves_layers(ckpts):
     assert torch.equal(m.dequantized_weight(), ref.dequantized_weight())
     assert "model.embed_tokens.weight" in src.float_names() and not any("proj" in n for n in src.float_names())
     fp = open_source(ckpts["fp"])
-    assert not fp.quantized and len(fp.block_linear_names()) == 14
+    assert not fp.quantized and len(fp.block_linear_names) == 14
     rtn = fp.linear(name, rtn=src.spec)
     assert isinstance(rtn, PackedLinear) and torch.equal(rtn.dequantized_weight(), ref.dequantized_weight())
     lin = fp.linear(name)

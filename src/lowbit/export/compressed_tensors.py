@@ -105,7 +105,7 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
     else:
         note(f"{src.path} is not quantized: quantizing its block linears with RTN {rtn_spec.describe()} "
              "(give a lowbit checkpoint to carry GPTQ codes over instead)")
-        spec, rtn, packed = rtn_spec, rtn_spec, src.block_linear_names()
+        spec, rtn, packed = rtn_spec, rtn_spec, src.block_linear_names
     strategy(spec)
     if spec.bits not in (4, 8):
         note(f"{spec.bits}-bit weights are valid compressed-tensors, but vLLM's kernels serve 4 and 8 bits only")

@@ -65,6 +65,7 @@ class ExportSource:
         """Whether the linear `name` is stored packed (a lowbit checkpoint's quantized layer)."""
         return isinstance(self.model.get_submodule(name), PackedLinear)
 
+    @cached_property
     def block_linear_names(self) -> list[str]:
         """The linear layers inside the transformer blocks (the ones lowbit quantizes), in order."""
         prefix = self.family.blocks_prefix(self.model)
@@ -104,7 +105,7 @@ class ExportSource:
             return m
         w = self.tensor(f"{name}.weight", torch.float32)
         b = self.tensor(f"{name}.bias", torch.float32) if has_bias else None
-        if rtn is not None and name in set(self.block_linear_names()):
+        if rtn is not None and name in self.block_linear_names:
             return PackedLinear.from_quantized(quantize_weight(w, rtn), b)
         lin = nn.Linear(shell.in_features, shell.out_features, bias=has_bias, device="meta")
         lin.weight = nn.Parameter(w, requires_grad=False)
