@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 TYPES = ("Q4_0", "Q8_0", "Q4_K")
-FP_TYPES = ("Q4_0", "Q4_K")  # also exported straight from the full-precision demo (RTN / our Q4_K fit)
+# also exported straight from the full-precision demo: how each type's own rounding is made
+FP_TYPES = {"Q4_0": "RTN, gguf reference", "Q4_K": "our Q4_K fit", "Q4_K_M": "our Q4_K / Q6_K mix",
+            "Q6_K": "our Q6_K fit"}
 
 
 def worker(job_file: str, out_file: str) -> None:
@@ -233,7 +235,7 @@ def main() -> None:
     for name, v in ppl.items():
         print(f"  {name:<32}{v:>9.3f}")
     for t, r in fp_rows.items():
-        print(f"llama.cpp {t} exported from fp16 ({'RTN, gguf reference' if t == 'Q4_0' else 'our Q4_K fit'}) vs "
+        print(f"llama.cpp {t} exported from fp16 ({FP_TYPES[t]}) vs "
               f"lowbit fp16: top-1 {r['top1_agreement']:.4f}, cosine {r['logits_cosine']:.5f}")
     q40 = rows["llama.cpp Q4_0"]
     print(f"\nQ4_0 disagreement / quantization's own disagreement (fp vs GPTQ): "
