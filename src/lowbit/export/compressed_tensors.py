@@ -109,7 +109,8 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
     strategy(spec)
     if spec.bits not in (4, 8):
         note(f"{spec.bits}-bit weights are valid compressed-tensors, but vLLM's kernels serve 4 and 8 bits only")
-    floats = src.float_names(set(packed))
+    packed_set = set(packed)
+    floats = src.float_names(packed_set)
     dtype = src.storage_dtype
     plan = [(n, dtype if src.structure[n].is_floating_point() else src.index.dtype(n), src.shape(n)) for n in floats]
     for name in packed:
@@ -124,7 +125,7 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
             if m.bias is not None:
                 yield m.bias.data.to(dtype).contiguous()
 
-    ignore = [n for n in src.linear_names() if n not in set(packed)]
+    ignore = [n for n in src.linear_names() if n not in packed_set]
     config = dict(src.config)
     config["quantization_config"] = quantization_config(spec, ignore)
     with atomic_dir(out) as tmp:
