@@ -45,7 +45,9 @@ TRAIN_IMAGES = [
     "moon", "page", "text", "grass", "brick", "retina",
 ]  # fmt: skip
 TEST_IMAGES = ["camera", "chelsea", "gravel"]
-QUANTIZERS = ("VQ", "FSQ", "LFQ", "BSQ", "GQ", "GQ2", "GQ4", "RVQ", "LQ")
+QUANTIZERS = ("VQ", "FSQ", "LFQ", "BSQ", "GQ", "GQ2", "GQ4", "RVQ", "LQ", "LFQ-peer")
+# "LFQ-peer": vector-quantize-pytorch's LFQ with the same settings as "LFQ", in the same training (a check that
+# what LFQ does here is LFQ's, not our implementation's); not in the default run.
 # GQ variants at the same bits per token: "GQ" one group of 16 channels with K = 2^bits; "GQ2" 2 groups of 8
 # with K = 2^(bits/2) each; "GQ4" 4 groups of 4 with K = 2^(bits/4) (the GQ paper varies the group at fixed K).
 GQ_GROUPS = {"GQ": 1, "GQ2": 2, "GQ4": 4}
@@ -219,6 +221,8 @@ def make_quantizer(name: str, bits: int, tokens_per_step: int = 512) -> tuple[nn
         return LFQ(1 << bits, entropy_weight=0.1, commitment_weight=0.025, channels_first=True), bits
     if name == "BSQ":
         return BSQ(1 << bits, entropy_weight=0.1, channels_first=True), bits
+    if name == "LFQ-peer":
+        return PeerLFQ(bits), bits
     if name == "LQ":  # 4 learnable values per dimension: 2 bits a dimension
         return LatentQuantize(4, dim=bits // 2, quantization_weight=0.1, commitment_weight=0.1,
                               channels_first=True), bits // 2  # fmt: skip
@@ -229,6 +233,35 @@ def make_quantizer(name: str, bits: int, tokens_per_step: int = 512) -> tuple[nn
         k, group = 1 << (bits // heads), GQ_CHANNELS // heads
         return GaussianQuant(GQ_CHANNELS, k, group=group, channels_first=True), GQ_CHANNELS
     raise ValueError(f"unknown quantizer {name!r}; choose from {QUANTIZERS}")
+
+
+class PeerLFQ(nn.Module):
+    """vector-quantize-pytorch's LFQ (entropy 0.1, commitment 0.025, its defaults otherwise) behind our
+    (quantized, indices, losses) interface, with a code histogram counted outside training."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        import vector_quantize_pytorch as peer
+
+        self.q = peer.LFQ(dim=bits, codebook_size=1 << bits, entropy_loss_weight=0.1, commitment_loss_weight=0.025)
+        self.register_buffer("counts", torch.zeros(1, 1 << bits, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Channels-first latents -> (quantized, indices, {"aux": the peer's summed auxiliary loss})."""
+        q, idx, aux = self.q(x)
+        if not self.training:
+            self.counts[0] += torch.bincount(idx.flatten(), minlength=self.counts.shape[1])
+        return q, idx, {"aux": aux}
+
+    def reset_usage(self) -> None:
+        """Forget the code histogram."""
+        self.counts.zero_()
+
+    def codebook_usage(self) -> dict:
+        """Used fraction and perplexity of the histogram, as lowbit's quantizers report them."""
+        used, perplexity = histogram_usage(self.counts, torch.tensor([self.counts.shape[1]]))
+        return {"used_fraction": float(used[0]), "perplexity": float(perplexity[0]),
+                "max_perplexity": float(self.counts.shape[1]), "tokens": int(self.counts.sum())}
 
 
 # ----------------------------------------------------------------------------- training
@@ -538,7 +571,7 @@ def main() -> None:
     ap.add_argument("--merge", default="", help="JSON outputs or stderr logs (comma list): summarise, train nothing")
     ap.add_argument("--rates", default=None, help="bits per token (default 8,12,16; --quick 8,16)")
     ap.add_argument("--datasets", default="patches,digits")
-    ap.add_argument("--quantizers", default=",".join(QUANTIZERS))
+    ap.add_argument("--quantizers", default=",".join(q for q in QUANTIZERS if q != "LFQ-peer"))
     # Since 2026-12-02 usage is counted over 262,144 tokens at every rate (was 8 x K: 2,048 tokens at 8 bits,
     # which misses the rarer codes a dataset-wide count finds); --usage-factor 8 gives the old figures.
     ap.add_argument("--usage-factor", type=float, default=float("inf"), help="usage over this many x K tokens ...")
