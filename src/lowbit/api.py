@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from lowbit.data import calibration_windows, read_text, tokenize_text
 from lowbit.errors import LowbitError
 from lowbit.eval import cosine_to_reference, perplexity
 from lowbit.export.checkpoint import load_with_tokenizer, read_quant_config, replace_linears, save_quantized
+from lowbit.memory import peak_rss_mb
 from lowbit.models import load_model, resolve_source
 from lowbit.models.load import ASSETS
 from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
@@ -25,17 +25,6 @@ from lowbit.quantizers import activation as act
 from lowbit.quantizers.kv import export as kv_export
 
 METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}  # plain methods; recipes of STEPS (rotate+gptq, cbq, ...) too
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (VmHWM: unlike ru_maxrss, not inherited via exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_config(

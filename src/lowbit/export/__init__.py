@@ -19,8 +19,8 @@ def export_model(
     import time
     from pathlib import Path
 
-    from lowbit.api import peak_rss_mb
     from lowbit.errors import LowbitError
+    from lowbit.memory import peak_rss_mb
     from lowbit.quantizers import WeightSpec
 
     if format not in EXPORT_FORMATS:
