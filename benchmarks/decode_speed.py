@@ -31,8 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its t
 import torch  # noqa: E402
 
 from lowbit import api  # noqa: E402
-from lowbit.export.checkpoint import load_with_tokenizer  # noqa: E402
 from lowbit.kernels.qlinear import set_kernel  # noqa: E402
+from lowbit.models.checkpoint import load_with_tokenizer  # noqa: E402
 from lowbit.models.generate import generate, warm_up  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -26,8 +26,8 @@ from lowbit.api import _default_text
 from lowbit.data import tokenize_text
 from lowbit.eval import perplexity
 from lowbit.export import export_model
-from lowbit.export.checkpoint import load_with_tokenizer
 from lowbit.export.gguf_writer import LAYER, hparams, rope_permutation
+from lowbit.models.checkpoint import load_with_tokenizer
 
 
 def gguf_linears(path: Path, hp: dict) -> tuple[dict[str, torch.Tensor], dict[str, str], float]:

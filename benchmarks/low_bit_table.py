@@ -30,8 +30,8 @@ from lowbit import api
 from lowbit.data import read_text, tokenize_text
 from lowbit.errors import LowbitError
 from lowbit.eval.report import block_errors, write_report
-from lowbit.export.checkpoint import load_with_tokenizer
 from lowbit.models import load_model
+from lowbit.models.checkpoint import load_with_tokenizer
 from lowbit.models.load import ASSETS
 from lowbit.ptq import CalibConfig
 

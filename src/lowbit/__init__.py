@@ -9,7 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lowbit import data
 from lowbit.errors import LowbitError
-from lowbit.export import load
+from lowbit.models.checkpoint import load
 
 __version__ = "0.1.0"
 __all__ = ["LowbitError", "data", "load"]

@@ -9,53 +9,54 @@ from pathlib import Path
 import torch
 
 from lowbit.data import calibration_windows, read_text, tokenize_text
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, already_exists
 from lowbit.eval import cosine_to_reference, perplexity
-from lowbit.export.checkpoint import load_with_tokenizer, read_quant_config, replace_linears, save_quantized
+from lowbit.export.checkpoint import save_quantized
 from lowbit.memory import peak_rss_mb
-from lowbit.models import load_model, resolve_source
+from lowbit.models import Loaded, load_model, resolve_source
+from lowbit.models.checkpoint import load_with_tokenizer, read_quant_config, replace_linears
 from lowbit.models.load import ASSETS
 from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
-from lowbit.ptq.config import RecipeConfig
-from lowbit.ptq.recipe import EXAMPLES, STEPS
+from lowbit.ptq.config import MethodConfig
+from lowbit.ptq.recipe import EXAMPLES, STEPS, load_recipe
 from lowbit.ptq.recipe import build as build_recipe
-from lowbit.ptq.recipe import prepare as prepare_recipe
 from lowbit.quantizers import WeightSpec
-from lowbit.quantizers import activation as act
-from lowbit.quantizers.kv import export as kv_export
-
-METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}  # plain methods; recipes of STEPS (rotate+gptq, cbq, ...) too
 
 
 def make_config(
     method: str, bits: int, group_size: int, symmetric: bool = True, range: str = "minmax", act_bits: int = 16,
-    options: dict | None = None, kv_bits: int = 16, **kw: object
-) -> RTNConfig | GPTQConfig | RecipeConfig:
-    """A method's (or recipe's, e.g. rotate+gptq) config from CLI-style arguments, with clear errors."""
-    if method not in METHODS and not set(method.split("+")) & set(STEPS):
+    options: dict | None = None, kv_bits: int = 16, recipe: str | Path | None = None, **gptq: object
+) -> MethodConfig:
+    """A method's (or recipe's, e.g. rotate+gptq) config from CLI-style arguments, with clear errors.
+
+    A YAML `recipe` file's values win over the arguments; `gptq` options (damp, act_order, true_sequential)
+    apply when the recipe has a gptq step, under the recipe's own gptq options.
+    """
+    rec = load_recipe(recipe) if recipe else {}
+    method = str(rec.get("method", method))
+    if not set(method.split("+")) & set(STEPS):
         raise LowbitError(f"unknown method {method!r}; choose one of: {EXAMPLES}")
-    spec = WeightSpec(bits, group_size, symmetric, range)
-    if method in METHODS and act_bits == 16 and kv_bits == 16 and not options:
-        return METHODS[method](weight=spec, **kw)  # type: ignore[arg-type]
-    opts = dict(options or {})
-    if kw and "gptq" in method.split("+"):
-        opts["gptq"] = {**kw, **opts.get("gptq", {})}
-    return build_recipe(method, spec, act_bits, opts, kv_bits)  # type: ignore[return-value]
+    spec = WeightSpec(int(rec.get("bits", bits)), int(rec.get("group_size", group_size)),
+                      bool(rec.get("symmetric", symmetric)), str(rec.get("range", range)))
+    opts = dict(rec.get("options", options) or {})
+    if gptq and "gptq" in method.split("+"):
+        opts["gptq"] = {**gptq, **opts.get("gptq", {})}
+    return build_recipe(method, spec, int(rec.get("act_bits", act_bits)), opts, int(rec.get("kv_bits", kv_bits)))
 
 
 def quantize_dir(
-    src: str | Path, out: str | Path, config: RTNConfig | GPTQConfig, calib: str | Path | None = None,
+    src: str | Path, out: str | Path, config: MethodConfig, calib: str | Path | None = None,
     calib_config: CalibConfig | None = None, progress: bool = True, stream: bool = False, resume: bool = False,
 ) -> dict:
     """Load SRC, quantize it with `config` (sequential calibration for GPTQ) and write a checkpoint to OUT.
 
     With `stream`, the model is never loaded whole: blocks are read, quantized and written one at a time
-    (see lowbit.export.streaming), and `resume` continues an interrupted streaming run.
+    (see lowbit.ptq.streaming), and `resume` continues an interrupted streaming run.
     """
     out = Path(out)
     calib_config = calib_config or CalibConfig()
     if out.exists():
-        raise LowbitError(f"{out} already exists; choose a new --out directory or remove the old one")
+        raise already_exists(out, "--out directory")
     t0 = time.perf_counter()
     src_path = resolve_source(src)
     if config.needs_calibration:  # read the text before the (slow) model load so bad input fails fast
@@ -68,27 +69,11 @@ def quantize_dir(
     if config.needs_calibration:
         tokens = calibration_windows(loaded.tokenizer, text, calib_config.n_samples, calib_config.seq_len,
                                      calib_config.seed)
-    inner = config
-    if isinstance(config, RecipeConfig):  # rotation and activation quantizers first, on the whole model
-        prepare_recipe(loaded.model, loaded.family, config, loaded.family.blocks_prefix(loaded.model))
-        inner = config.quantizer
-
-    def on_block(done: dict) -> None:
-        # Each block is packed as soon as it is quantized, so its float weights and unpacked codes are freed early;
-        # the input transforms (activation quantizers, online Hadamard) move to the packed modules.
-        replace_linears(loaded.model, done)
-        act.install(loaded.model, list(done))
-
-    result = quantize(loaded.model, loaded.family, inner, tokens, calib_config.batch_size, progress,
-                      on_block=on_block)
-    meta = {"method": config.method, "source": str(src_path), "quantize_seconds": round(result.seconds, 3)}
-    transforms = act.export(loaded.model)
-    if transforms:
-        meta["input_transforms"] = transforms
-    meta["act_bits"] = getattr(config, "act_bits", 16)
-    kv = kv_export(loaded.model)
-    if kv is not None:
-        meta["kv_cache"] = kv
+    # Each block is packed as soon as it is quantized, so its float weights and unpacked codes are freed early.
+    result = quantize(loaded.model, loaded.family, config, tokens, calib_config.batch_size, progress,
+                      on_block=lambda done: replace_linears(loaded.model, done))
+    meta = {"method": config.method, "source": str(src_path), "quantize_seconds": round(result.seconds, 3),
+            "act_bits": getattr(config, "act_bits", 16)}
     if result.report is not None:
         meta["report"] = result.report
     if tokens is not None:
@@ -96,26 +81,26 @@ def quantize_dir(
                                "activation_bytes": result.calib_bytes}
     qcfg = save_quantized(loaded.model, None, src_path, out, meta)
     return {"out": str(out), "method": config.method, "bits": config.weight.bits, "act_bits": meta["act_bits"],
-            "kv_bits": (kv or {}).get("bits", 16),
+            "kv_bits": (qcfg.get("kv_cache") or {}).get("bits", 16),
             "group_size": config.weight.group_size, "bits_per_weight": qcfg["bits_per_weight"],
             "quantize_seconds": result.seconds, "total_seconds": time.perf_counter() - t0,
             "peak_rss_mb": peak_rss_mb(), "calib_activation_mb": result.calib_bytes / 2**20}
 
 
-def _quantize_streaming(src: Path, out: Path, config: object, text: str | None, calib_config: CalibConfig,
+def _quantize_streaming(src: Path, out: Path, config: MethodConfig, text: str | None, calib_config: CalibConfig,
                         progress: bool, resume: bool, t0: float) -> dict:
-    from lowbit.export.streaming import quantize_streaming
     from lowbit.models.load import load_tokenizer
+    from lowbit.ptq.streaming import quantize_streaming
 
     if type(config) not in (RTNConfig, GPTQConfig):
-        raise LowbitError(f"--stream supports the rtn and gptq methods, not {config.method}")  # type: ignore[attr-defined]
+        raise LowbitError(f"--stream supports the rtn and gptq methods, not {config.method}")
     tokens = None
     if text is not None:
         tokens = calibration_windows(load_tokenizer(src), text, calib_config.n_samples, calib_config.seq_len,
                                      calib_config.seed)
     res = quantize_streaming(src, out, config, tokens, calib_config.batch_size, resume, progress,
                              {"source": str(src)})
-    return {"out": str(out), "method": config.method, "bits": res["bits"],  # type: ignore[attr-defined]
+    return {"out": str(out), "method": config.method, "bits": res["bits"],
             "group_size": res["group_size"], "bits_per_weight": res["bits_per_weight"],
             "quantize_seconds": res["quantize_seconds"], "total_seconds": time.perf_counter() - t0,
             "peak_rss_mb": peak_rss_mb(), "streamed": True}
@@ -170,12 +155,12 @@ def evaluate(
     return res
 
 
-def _logit_cosine(loaded: object, ref: object, text: str, n: int = 2048) -> float:
+def _logit_cosine(loaded: Loaded, ref: Loaded, text: str, n: int = 2048) -> float:
     """Mean cosine of next-token logits of two causal LMs over the first n tokens of the text."""
-    ids = tokenize_text(loaded.tokenizer, text)[:n][None]  # type: ignore[attr-defined]
+    ids = tokenize_text(loaded.tokenizer, text)[:n][None]
     with torch.no_grad():
-        a = loaded.model(input_ids=ids, use_cache=False).logits[0]  # type: ignore[attr-defined]
-        b = ref.model(input_ids=ids, use_cache=False).logits[0]  # type: ignore[attr-defined]
+        a = loaded.model(input_ids=ids, use_cache=False).logits[0]
+        b = ref.model(input_ids=ids, use_cache=False).logits[0]
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean().item()
 
 

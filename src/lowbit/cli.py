@@ -19,22 +19,15 @@ from lowbit.errors import LowbitError
 def _quantize(a: argparse.Namespace) -> None:
     from lowbit import api
     from lowbit.ptq import CalibConfig
-    from lowbit.ptq.recipe import load_recipe
 
-    rec = load_recipe(a.recipe) if a.recipe else {}  # a recipe file's values win over the flags
-    method = str(rec.get("method", a.method))
-    extra = {"damp": a.damp, "act_order": not a.no_act_order} if "gptq" in method.split("+") else {}
-    if extra:
-        extra["true_sequential"] = a.true_sequential
-    config = api.make_config(method, int(rec.get("bits", a.bits)), int(rec.get("group_size", a.group_size)),
-                             bool(rec.get("symmetric", not a.asym)), range=str(rec.get("range", a.range)),
-                             act_bits=int(rec.get("act_bits", a.act_bits)), options=rec.get("options"),
-                             kv_bits=int(rec.get("kv_bits", a.kv_bits)), **extra)
+    config = api.make_config(a.method, a.bits, a.group_size, not a.asym, a.range, a.act_bits, None, a.kv_bits,
+                             recipe=a.recipe, damp=a.damp, act_order=not a.no_act_order,
+                             true_sequential=a.true_sequential)
     calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size, seed=a.calib_seed)
     res = api.quantize_dir(a.src, a.out, config, a.calib, calib, stream=a.stream, resume=a.resume)
     print(api.describe(res) if a.json else
           f"wrote {res['out']}: {config.weight.describe()} A{res.get('act_bits', 16)}"
-          f"{'' if res.get('kv_bits', 16) == 16 else ' KV' + str(res['kv_bits'])} via {method}, "
+          f"{'' if res.get('kv_bits', 16) == 16 else ' KV' + str(res['kv_bits'])} via {res['method']}, "
           f"{res['bits_per_weight']:.3f} bits/weight, "
           f"{res['quantize_seconds']:.1f} s quantizing, peak RSS {res['peak_rss_mb']:.0f} MiB")
 

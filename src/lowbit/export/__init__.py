@@ -1,6 +1,7 @@
-"""Writing and reading quantized checkpoints."""
+"""Writing: lowbit checkpoints, and other tools' formats (compressed-tensors for vLLM, GGUF for llama.cpp)."""
 
-from lowbit.export.checkpoint import QUANT_FILE, load, save_quantized
+from lowbit.export.checkpoint import QUANT_FILE, save_quantized
+from lowbit.models.checkpoint import load  # its old home was here
 
 __all__ = ["QUANT_FILE", "EXPORT_FORMATS", "export_model", "load", "save_quantized"]
 
@@ -19,14 +20,14 @@ def export_model(
     import time
     from pathlib import Path
 
-    from lowbit.errors import LowbitError
+    from lowbit.errors import LowbitError, already_exists
     from lowbit.memory import peak_rss_mb
     from lowbit.quantizers import WeightSpec
 
     if format not in EXPORT_FORMATS:
         raise LowbitError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if Path(out).exists():
-        raise LowbitError(f"{out} already exists; choose a new --out path or remove the old one")
+        raise already_exists(out)
     if format == "gguf":
         from lowbit.export.gguf_writer import GGUF_TYPES, export_gguf
 

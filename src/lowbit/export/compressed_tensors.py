@@ -12,7 +12,6 @@ float linears such as lm_head ignored).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +20,11 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit.errors import LowbitError
-from lowbit.export.checkpoint import QUANT_FILE, SKIP, atomic_dir
 from lowbit.export.source import ExportSource, note
+from lowbit.files import atomic_output
 from lowbit.formats import pack
 from lowbit.kernels.qlinear import PackedLinear
+from lowbit.models.checkpoint import QUANT_FILE, copy_side_files
 from lowbit.models.stream import write_safetensors
 from lowbit.quantizers import WeightSpec
 
@@ -128,11 +128,8 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
     ignore = [n for n in src.linear_names() if n not in packed_set]
     config = dict(src.config)
     config["quantization_config"] = quantization_config(spec, ignore)
-    with atomic_dir(out) as tmp:
-        for f in src.path.iterdir():
-            if f.is_file() and not f.name.endswith(SKIP) and not f.name.endswith(".index.json") \
-                    and f.name not in (QUANT_FILE, "config.json"):
-                shutil.copy2(f, tmp / f.name)
+    with atomic_output(out, directory=True) as tmp:
+        copy_side_files(src.path, tmp, folders=False, exclude=(QUANT_FILE, "config.json"))
         write_safetensors(tmp / "model.safetensors", plan, tensors(), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return {"out": str(out), "format": "compressed-tensors", "scheme": f"W{spec.bits}A16", "spec": spec.describe(),

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from lowbit.errors import LowbitError
 from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_q4_k, quantize_q6_k
-from lowbit.export.source import ExportSource, atomic_file, note
+from lowbit.export.source import ExportSource, note
+from lowbit.files import atomic_output
 from lowbit.kernels.qlinear import PackedLinear
 
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q4_0", "Q4_K", "Q4_K_M")
@@ -260,7 +261,7 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
             tensors.append((f"{gname}.bias", tensor_info("F32", (shell.out_features,))))
         jobs.append(("linear", name, (kind, perm), tensors))
     kinds: Counter = Counter()
-    with atomic_file(out) as tmp:
+    with atomic_output(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
         write_metadata(w, src, hp, vocab, qtype)
         for _, _, _, tensors in jobs:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,9 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError
-from lowbit.export.checkpoint import _storage_dtype, install_packed, publish
+from lowbit.errors import LowbitError, not_finite
+from lowbit.files import atomic_output as atomic_file  # noqa: F401 (re-exported: its old home)
 from lowbit.kernels.qlinear import PackedLinear
+from lowbit.models.checkpoint import install_packed, read_quant_config, spec_of, storage_dtype
 from lowbit.models.families import Family, block_linears
 from lowbit.models.stream import TensorIndex
 from lowbit.quantizers import WeightSpec, quantize_weight
@@ -50,7 +47,7 @@ class ExportSource:
     @property
     def storage_dtype(self) -> torch.dtype:
         """The float dtype the source stores its unquantized tensors in."""
-        return _storage_dtype(self.config)
+        return storage_dtype(self.config)
 
     @cached_property
     def structure(self) -> dict[str, torch.Tensor]:
@@ -90,7 +87,7 @@ class ExportSource:
         t = self.index.read(name)
         if t.is_floating_point():
             if not bool(torch.isfinite(t).all()):
-                raise LowbitError(f"{self.path}: tensor {name} holds NaN or Inf values; the checkpoint is broken")
+                raise not_finite(f"{self.path}: tensor {name}")
             t = t.to(dtype or self.storage_dtype)
         return t.contiguous()
 
@@ -116,7 +113,6 @@ class ExportSource:
 
 def open_source(src: str | Path) -> ExportSource:
     """Open a lowbit checkpoint or a full-precision directory (or 'demo') for export, without reading weights."""
-    from lowbit.export.checkpoint import read_quant_config
     from lowbit.models.load import build_from_config, check_weight_files, family_of, read_config, resolve_source
 
     path = resolve_source(src)
@@ -135,7 +131,7 @@ def open_source(src: str | Path) -> ExportSource:
                           f"{str(e)[:300]})") from e
     spec = None
     if qcfg is not None:
-        spec = WeightSpec(qcfg["bits"], qcfg["group_size"], qcfg["symmetric"])
+        spec = spec_of(qcfg)
         with torch.device("meta"):
             install_packed(model, qcfg["modules"], spec)
     source = ExportSource(path, config, family, model, index, spec)
@@ -155,20 +151,3 @@ def _check_tensors(src: ExportSource) -> None:
         if src.index.shape(name) != tuple(t.shape):
             raise LowbitError(f"{src.path}: tensor {name} has shape {src.index.shape(name)} in the files "
                               f"but {tuple(t.shape)} in config.json; the checkpoint is damaged")
-
-
-@contextmanager
-def atomic_file(out: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `out` that is renamed to `out` only if the block finishes without error."""
-    if out.exists():
-        raise LowbitError(f"{out} already exists; choose a new --out path or remove the old file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        publish(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

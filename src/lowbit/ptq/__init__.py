@@ -1,7 +1,13 @@
-"""Post-training quantization: configs and the quantize() verb that applies them."""
+"""Post-training quantization: configs, the quantize() verb that applies any of them, and the methods.
 
-from lowbit.ptq.config import CalibConfig, GPTQConfig, RTNConfig
+Importing this package imports every method module, which registers its handler (lowbit.ptq.registry).
+"""
+
+from lowbit.ptq import awq, cbq, gptq_block, recipe, rtn, smoothquant  # noqa: F401 (they register their handlers)
+from lowbit.ptq.config import METHODS, CalibConfig, GPTQConfig, RecipeConfig, RTNConfig
 from lowbit.ptq.gptq import HessianAccumulator, gptq_quantize
-from lowbit.ptq.pipeline import QuantResult, quantize
+from lowbit.ptq.pipeline import quantize
+from lowbit.ptq.registry import QuantResult
 
-__all__ = ["CalibConfig", "GPTQConfig", "HessianAccumulator", "QuantResult", "RTNConfig", "gptq_quantize", "quantize"]
+__all__ = ["METHODS", "CalibConfig", "GPTQConfig", "HessianAccumulator", "QuantResult", "RTNConfig", "RecipeConfig",
+           "gptq_quantize", "quantize"]

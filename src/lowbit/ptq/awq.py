@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from lowbit.formats import dequantize, fit_scale_zero, quantize
+from lowbit.models import BlockInputs, block_linears, block_output
 from lowbit.ptq.config import AWQConfig
+from lowbit.ptq.registry import Weights, block_handler, register_block
 from lowbit.ptq.scaling import ScaleGroup, fold, input_stats, scale_groups
-from lowbit.quantizers import QuantizedWeight, WeightSpec, quantize_weight
+from lowbit.quantizers import WeightSpec, fp16_round, quantize_weight
 from lowbit.quantizers.activation import fp_activations
 
 
@@ -28,10 +30,6 @@ class _Stop(Exception):
     """Raised by a hook once the inspected module has produced its output (the rest of the block is skipped)."""
 
 
-def _first(out: object) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value]
-
-
 def inspected_module(group: ScaleGroup) -> str:
     """The module whose output AWQ's scale search compares: the consumers' parent (attention, MLP) for a norm
     producer, the consumer itself for a linear producer (up -> down, v -> o)."""
@@ -40,7 +38,7 @@ def inspected_module(group: ScaleGroup) -> str:
     return group.consumers[0].rpartition(".")[0]
 
 
-def module_calls(block: nn.Module, name: str, inputs: object) -> list[tuple[tuple, dict, torch.Tensor]]:
+def module_calls(block: nn.Module, name: str, inputs: BlockInputs) -> list[tuple[tuple, dict, torch.Tensor]]:
     """(args, kwargs, output) of every call of one submodule over the calibration batches (fp activations)."""
     mod = block.get_submodule(name)
     calls: list = []
@@ -49,13 +47,13 @@ def module_calls(block: nn.Module, name: str, inputs: object) -> list[tuple[tupl
         calls.append([args, dict(kwargs), None])
 
     def post(_m: nn.Module, _a: tuple, _k: dict, out: object) -> None:
-        calls[-1][2] = _first(out).detach().float()
+        calls[-1][2] = block_output(out).detach().float()
         raise _Stop
 
     hooks = [mod.register_forward_pre_hook(pre, with_kwargs=True), mod.register_forward_hook(post, with_kwargs=True)]
     try:
         with torch.no_grad(), fp_activations(block):
-            for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True):  # type: ignore[attr-defined]
+            for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True):
                 try:
                     block(h, *a, **k)
                 except _Stop:
@@ -80,7 +78,8 @@ def search_scale(module: nn.Module, calls: list[tuple[tuple, dict, torch.Tensor]
                 s = s / (s.max() * s.min()).sqrt()
                 for lin, w in zip(layers, saved, strict=True):
                     lin.weight.data = (_fake_quant(w.float() * s, spec) / s).to(w.dtype)
-                err = sum((_first(module(*a, **k)).float() - ref).pow(2).sum().item() for a, k, ref in calls) / total
+                err = sum((block_output(module(*a, **k)).float() - ref).pow(2).sum().item()
+                          for a, k, ref in calls) / total
                 if err < best:
                     best, best_s = err, s
     finally:
@@ -101,7 +100,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, spec: WeightSpec, grid: int, m
     for i in range(grid):
         r = 1 - max_shrink * i / grid
         s, z = fit_scale_zero(wg, spec.bits, spec.symmetric, clip=r)
-        s = s.to(torch.float16).float()
+        s = fp16_round(s)
         q = dequantize(quantize(wg, s, z, spec.bits), s, z)
         err = (torch.einsum("ogk,gkt->ogt", q, xg) - ref).pow(2).mean(-1)
         better = err < best_err
@@ -116,11 +115,9 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, spec: WeightSpec, grid: int, m
     return torch.maximum(torch.minimum(wg, hi), lo).reshape(out, inp).to(w.dtype)
 
 
-def awq_block(block: nn.Module, config: AWQConfig, inputs: object) -> dict[str, QuantizedWeight]:
-    """Pipeline handler: scale search and fold per group, clipping search per layer, then the inner quantizer."""
-    from lowbit.models import block_linears
-    from lowbit.ptq.pipeline import HANDLERS
-
+@register_block(AWQConfig)
+def awq_block(block: nn.Module, config: AWQConfig, inputs: BlockInputs) -> Weights:
+    """Scale search and fold per group, clipping search per layer, then the inner quantizer."""
     spec = config.weight
     mods = dict(block.named_modules())
     for group in scale_groups(block):
@@ -136,4 +133,4 @@ def awq_block(block: nn.Module, config: AWQConfig, inputs: object) -> dict[str, 
         for n in names:
             lin = linears[n]
             lin.weight.data = search_clip(lin.weight.data, stats[n].sample, spec, config.clip_grid, config.max_shrink)
-    return HANDLERS[type(config.inner)](block, config.inner, inputs)
+    return block_handler(config.inner)(block, config.inner, inputs)

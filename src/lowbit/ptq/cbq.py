@@ -25,8 +25,10 @@ from tqdm.auto import tqdm
 from lowbit.formats import qmax
 from lowbit.models import BlockInputs, Family, block_linears, block_output, capture_block_inputs
 from lowbit.ptq.cfp import scale_activation_outliers, truncate_weight
-from lowbit.ptq.config import CBQConfig
-from lowbit.quantizers import QuantizedWeight, WeightSpec
+from lowbit.ptq.config import CBQConfig, GPTQConfig
+from lowbit.ptq.gptq_block import gptq_block
+from lowbit.ptq.registry import QuantResult, RunOptions, register_model
+from lowbit.quantizers import QuantizedWeight, WeightSpec, fp16_round
 from lowbit.quantizers.activation import fake_quant_tokens, fp_activations, transform_of
 from lowbit.quantizers.hadamard import fwht
 from lowbit.quantizers.weight import fit_weight
@@ -78,7 +80,7 @@ class LearnedLinear(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """Current step sizes [rows, groups, 1], rounded to fp16 as stored (straight-through)."""
-        return _ste(self.s0 * torch.exp(self.log_s), lambda s: s.half().float())
+        return _ste(self.s0 * torch.exp(self.log_s), fp16_round)
 
     def clip(self) -> torch.Tensor:
         """Learned activation clipping factor (scale = clip * max|x| / qmax per token)."""
@@ -148,14 +150,11 @@ def _set_mode(wrappers: dict[int, dict[str, LearnedLinear]], idx: range, mode: s
 
 def _gptq_start(block: nn.Module, config: CBQConfig, inputs: BlockInputs) -> dict[str, QuantizedWeight]:
     """GPTQ's solution for the block on the quantized stream (the block's float weights are left as they were)."""
-    from lowbit.ptq.config import GPTQConfig
-    from lowbit.ptq.pipeline import HANDLERS
-
     linears = block_linears(block)
     saved = {n: lin.weight.data.clone() for n, lin in linears.items()}
     try:
         with torch.no_grad():
-            return HANDLERS[GPTQConfig](block, GPTQConfig(config.weight), inputs)
+            return gptq_block(block, GPTQConfig(config.weight), inputs)
     finally:
         for n, lin in linears.items():
             lin.weight.data = saved[n]
@@ -209,12 +208,16 @@ def _train_window(blocks: list[nn.Module], layers: list[LearnedLinear], x_q: Blo
     return losses
 
 
-def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_tokens: torch.Tensor,
-                 progress: bool = True, on_block: Callable[[dict[str, QuantizedWeight]], None] | None = None,
-                 prefix: str = "model.layers") -> tuple[dict[str, QuantizedWeight], int, dict]:
-    """Run CBQ over all blocks in place; returns (weights if no on_block, calibration bytes, a report)."""
+@register_model(CBQConfig)
+def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_tokens: torch.Tensor | None,
+                 options: RunOptions) -> QuantResult:
+    """Run CBQ over all blocks in place; the result holds the weights (unless options.on_block takes them), the
+    calibration bytes and a report (losses and seconds per window)."""
     from lowbit.quantizers.activation import registry
 
+    if calib_tokens is None:
+        raise ValueError("cbq needs calibration tokens")
+    progress, on_block, prefix = options.progress, options.on_block, family.blocks_prefix(model)
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -292,4 +295,4 @@ def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_toke
     report["steps_per_window"] = config.steps
     report["loss_final_mean"] = float(sum(w["loss_last"] for w in report["windows"]) / max(1, len(wins)))
     assert not math.isnan(report["loss_final_mean"]), "CBQ diverged"
-    return results, calib_bytes, report
+    return QuantResult(results, time.perf_counter() - t0, calib_bytes, report)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.models import BlockInputs
 from lowbit.ptq.scaling import fold, input_stats, scale_groups
 
 MAX_QUANTILE = 1 << 22  # torch.quantile needs a bounded input; larger tensors are subsampled for Q1/Q3
@@ -51,7 +52,7 @@ def truncate_weight(w: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
     return w if thr is None else w.clamp(-thr, thr)
 
 
-def scale_activation_outliers(block: nn.Module, inputs: object, lam: float = 1.0) -> dict[str, int]:
+def scale_activation_outliers(block: nn.Module, inputs: BlockInputs, lam: float = 1.0) -> dict[str, int]:
     """Scale outlier input channels of every foldable group down to the threshold (exact); count per group."""
     counts: dict[str, int] = {}
     for group in scale_groups(block):

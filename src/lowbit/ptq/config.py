@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from lowbit.quantizers import WeightSpec
+
+
+class MethodConfig(Protocol):
+    """What every PTQ config offers: its method name, its weight format and whether it needs calibration data."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def needs_calibration(self) -> bool: ...
+
+    @property
+    def weight(self) -> WeightSpec: ...
 
 
 @dataclass(frozen=True)
@@ -39,8 +53,8 @@ class CalibConfig:
     seed: int = 0
 
 
-class _Wrapping:
-    """A method that prepares a block and hands it to an inner quantizer (RTN or GPTQ)."""
+class Wrapping:
+    """A method that prepares a block and hands it to an inner quantizer (RTN or GPTQ): a recipe step."""
 
     inner: RTNConfig | GPTQConfig
 
@@ -51,7 +65,7 @@ class _Wrapping:
 
 
 @dataclass(frozen=True)
-class SmoothQuantConfig(_Wrapping):
+class SmoothQuantConfig(Wrapping):
     """SmoothQuant (Xiao et al., ICML 2023): move activation outliers into the weights, then quantize with `inner`."""
 
     inner: RTNConfig | GPTQConfig = field(default_factory=RTNConfig)
@@ -61,7 +75,7 @@ class SmoothQuantConfig(_Wrapping):
 
 
 @dataclass(frozen=True)
-class AWQConfig(_Wrapping):
+class AWQConfig(Wrapping):
     """AWQ (Lin et al., MLSys 2024): activation-aware scale search and weight clipping, then `inner` quantizes."""
 
     inner: RTNConfig | GPTQConfig = field(default_factory=RTNConfig)
@@ -103,7 +117,7 @@ class CBQConfig:
 class RecipeConfig:
     """A composition: optional Hadamard rotation and activation quantization around one quantizer config."""
 
-    quantizer: object  # RTNConfig | GPTQConfig | SmoothQuantConfig | AWQConfig | CBQConfig
+    quantizer: MethodConfig  # RTNConfig | GPTQConfig | SmoothQuantConfig | AWQConfig | CBQConfig
     rotate: bool = False
     act_bits: int = 16
     name: str = ""
@@ -114,14 +128,19 @@ class RecipeConfig:
     @property
     def needs_calibration(self) -> bool:
         """Whether the quantizer needs calibration data."""
-        return bool(self.quantizer.needs_calibration)  # type: ignore[attr-defined]
+        return bool(self.quantizer.needs_calibration)
 
     @property
     def weight(self) -> WeightSpec:
         """The weight format."""
-        return self.quantizer.weight  # type: ignore[attr-defined]
+        return self.quantizer.weight
 
     @property
     def method(self) -> str:
         """The recipe as written, e.g. rotate+gptq."""
-        return self.name or self.quantizer.method  # type: ignore[attr-defined]
+        return self.name or self.quantizer.method
+
+
+# The one table of method names: lowbit.ptq.recipe builds its steps from it (wrapping configs are the steps that
+# go before a quantizer), lowbit.ptq.registry binds each config to its handler.
+METHODS: dict[str, type] = {c.method: c for c in (RTNConfig, GPTQConfig, CBQConfig, SmoothQuantConfig, AWQConfig)}

@@ -12,7 +12,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.formats import dequantize, quantize
-from lowbit.quantizers import QuantizedWeight, WeightSpec, fit_ranges
+from lowbit.quantizers import QuantizedWeight, WeightSpec, check_finite, fit_ranges
 
 
 class HessianAccumulator:
@@ -61,8 +61,7 @@ def gptq_quantize(
     block_size: int = 128,
 ) -> QuantizedWeight:
     """Quantize a weight [out, in] with GPTQ given its input Hessian [in, in]."""
-    if not torch.isfinite(W).all():
-        raise LowbitError("the weight holds NaN or Inf values; fix or re-export the checkpoint before quantizing")
+    check_finite(W)
     out, cols = W.shape
     n_groups = spec.groups(cols)
     gs = cols if spec.group_size <= 0 else spec.group_size

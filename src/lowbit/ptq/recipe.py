@@ -22,17 +22,20 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.models import Family, block_linears
-from lowbit.ptq.config import AWQConfig, CBQConfig, GPTQConfig, RecipeConfig, RTNConfig, SmoothQuantConfig
+from lowbit.ptq.config import METHODS, MethodConfig, RecipeConfig, Wrapping
+from lowbit.ptq.pipeline import quantize
+from lowbit.ptq.registry import QuantResult, RunOptions, register_model
 from lowbit.quantizers import WeightSpec
 from lowbit.quantizers.activation import check_act_bits, quantize_activations
 from lowbit.quantizers.kv import check_kv_bits, quantize_kv
 
-QUANTIZERS = {"rtn": RTNConfig, "gptq": GPTQConfig, "cbq": CBQConfig}
-SCALERS = {"smoothquant": SmoothQuantConfig, "awq": AWQConfig}
+QUANTIZERS = {name: cls for name, cls in METHODS.items() if not issubclass(cls, Wrapping)}
+SCALERS = {name: cls for name, cls in METHODS.items() if issubclass(cls, Wrapping)}
 STEPS = ("rotate", *SCALERS, "cfp", *QUANTIZERS)
 ALIASES = {"awq": "awq+rtn", "smoothquant": "smoothquant+rtn"}
 EXAMPLES = "rtn, gptq, awq, smoothquant, cbq, rotate+gptq, awq+gptq, smoothquant+rtn, cfp+cbq, rotate+cbq"
@@ -78,7 +81,7 @@ def _options(step: str, cls: type, opts: dict) -> dict:
 
 
 def build(method: str, weight: WeightSpec, act_bits: int = 16, options: dict | None = None,
-          kv_bits: int = 16) -> object:
+          kv_bits: int = 16) -> MethodConfig:
     """The config for a recipe: a plain RTN/GPTQ config when nothing else is asked, else a RecipeConfig."""
     steps = parse(method)
     check_act_bits(act_bits)
@@ -91,7 +94,7 @@ def build(method: str, weight: WeightSpec, act_bits: int = 16, options: dict | N
     extra = _options(qname, QUANTIZERS[qname], opts)
     if qname == "cbq":
         extra.update(act_bits=act_bits, cfp="cfp" in steps)
-    config: object = QUANTIZERS[qname](weight=weight, **extra)
+    config: MethodConfig = QUANTIZERS[qname](weight=weight, **extra)
     for s in steps:
         if s in SCALERS:
             config = SCALERS[s](inner=config, **_options(s, SCALERS[s], opts))
@@ -139,3 +142,12 @@ def prepare(model: nn.Module, family: Family, config: RecipeConfig, prefix: str)
         rotate_model(model, family, config.rotate_seed, prefix, config.rotate_mode)
     names = [f"{prefix}.{i}.{n}" for i, b in enumerate(family.blocks(model)) for n in block_linears(b)]
     quantize_activations(model, names, config.act_bits)
+
+
+@register_model(RecipeConfig)
+def run_recipe(model: nn.Module, family: Family, config: RecipeConfig, calib_tokens: torch.Tensor | None,
+               options: RunOptions) -> QuantResult:
+    """The model-level steps (rotation, activation and KV-cache quantizers), then the recipe's quantizer."""
+    prepare(model, family, config, family.blocks_prefix(model))
+    return quantize(model, family, config.quantizer, calib_tokens, options.batch_size, options.progress,
+                    options.on_block, options.before_block, options.after_block)

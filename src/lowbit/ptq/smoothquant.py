@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.models import BlockInputs
 from lowbit.ptq.config import SmoothQuantConfig
+from lowbit.ptq.registry import Weights, block_handler, register_block
 from lowbit.ptq.scaling import fold, input_stats, scale_groups
-from lowbit.quantizers import QuantizedWeight
 
 
 def smooth_scales(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -22,7 +23,7 @@ def smooth_scales(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: fl
     return s.clamp(1e-4, 1e4)
 
 
-def smooth_block(block: nn.Module, inputs: object, alpha: float) -> None:
+def smooth_block(block: nn.Module, inputs: BlockInputs, alpha: float) -> None:
     """Fold SmoothQuant scales into every exactly foldable group of the block (in place)."""
     mods = dict(block.named_modules())
     for group in scale_groups(block):
@@ -31,9 +32,8 @@ def smooth_block(block: nn.Module, inputs: object, alpha: float) -> None:
         fold(block, group, s)
 
 
-def smoothquant_block(block: nn.Module, config: SmoothQuantConfig, inputs: object) -> dict[str, QuantizedWeight]:
-    """Pipeline handler: smooth, then quantize the block with the inner method."""
-    from lowbit.ptq.pipeline import HANDLERS
-
+@register_block(SmoothQuantConfig)
+def smoothquant_block(block: nn.Module, config: SmoothQuantConfig, inputs: BlockInputs) -> Weights:
+    """Smooth, then quantize the block with the inner method."""
     smooth_block(block, inputs, config.alpha)
-    return HANDLERS[type(config.inner)](block, config.inner, inputs)
+    return block_handler(config.inner)(block, config.inner, inputs)

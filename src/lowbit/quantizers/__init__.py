@@ -3,9 +3,13 @@
 from lowbit.quantizers.weight import (
     QuantizedWeight,
     WeightSpec,
+    check_finite,
     dequantize_weight,
     fit_ranges,
+    fp16_round,
     quantize_weight,
 )
 
-__all__ = ["QuantizedWeight", "WeightSpec", "dequantize_weight", "fit_ranges", "quantize_weight"]
+__all__ = [
+    "QuantizedWeight", "WeightSpec", "check_finite", "dequantize_weight", "fit_ranges", "fp16_round", "quantize_weight",
+]

@@ -114,13 +114,13 @@ def quantize_activations(model: nn.Module, names: list[str], bits: int) -> None:
             set_transform(model, name, bits=bits)
 
 
-def export(model: nn.Module) -> dict[str, dict]:
-    """The registry as JSON-ready dicts (only transforms that do something)."""
+def to_json(model: nn.Module) -> dict[str, dict]:
+    """The registry as JSON-ready dicts for lowbit_quant.json (only transforms that do something)."""
     return {n: t.to_json() for n, t in sorted(registry(model).items()) if t.bits < 16 or t.hadamard}
 
 
-def restore(model: nn.Module, saved: dict[str, dict]) -> None:
-    """Install transforms saved by export() (used when a checkpoint is loaded)."""
+def from_json(model: nn.Module, saved: dict[str, dict]) -> None:
+    """Install transforms saved by to_json() (used when a checkpoint is loaded)."""
     for name, d in saved.items():
         try:
             model.get_submodule(name)

@@ -125,14 +125,14 @@ def kv_of(model: nn.Module) -> KVQuant | None:
     return next((m._lowbit_kv for m in model.modules() if getattr(m, "_lowbit_kv", None) is not None), None)
 
 
-def export(model: nn.Module) -> dict | None:
+def to_json(model: nn.Module) -> dict | None:
     """The KV-cache setting for lowbit_quant.json (None when keys and values are untouched)."""
     kv = kv_of(model)
     return None if kv is None else kv.to_json()
 
 
-def restore(model: nn.Module, family: object, saved: dict) -> None:
-    """Re-install a KV-cache setting saved by export() (used when a checkpoint is loaded)."""
+def from_json(model: nn.Module, family: object, saved: dict) -> None:
+    """Re-install a KV-cache setting saved by to_json() (used when a checkpoint is loaded)."""
     if not isinstance(saved, dict) or "bits" not in saved:
         raise LowbitError(f"the checkpoint's kv_cache entry {saved!r} is malformed (want {{bits, hadamard}})")
     quantize_kv(model, family, int(saved["bits"]), bool(saved.get("hadamard", False)))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, not_finite
 from lowbit.formats import dequantize, fit_scale_zero, quantize
 
 RANGES = ("minmax", "mse")
@@ -85,8 +85,19 @@ def _grouped(w: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
     return w.reshape(out, spec.groups(inp), -1)
 
 
+def fp16_round(s: torch.Tensor) -> torch.Tensor:
+    """Scales as they are stored: rounded to fp16, returned as float32 (every method fits to these)."""
+    return s.to(torch.float16).float()
+
+
 def _fp16_scale(s: torch.Tensor) -> torch.Tensor:
-    return s.clamp_min(1e-7).to(torch.float16).float()
+    return fp16_round(s.clamp_min(1e-7))
+
+
+def check_finite(w: torch.Tensor) -> None:
+    """Refuse a weight holding NaN or Inf, before any work is done on it."""
+    if not torch.isfinite(w).all():
+        raise not_finite("the weight", "fix or re-export the checkpoint before quantizing")
 
 
 def fit_ranges(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,8 +127,7 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:
     """Round-to-nearest quantization of a 2-D weight with min-max ranges."""
     if w.dim() != 2:
         raise LowbitError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
-    if not torch.isfinite(w).all():
-        raise LowbitError("the weight holds NaN or Inf values; fix or re-export the checkpoint before quantizing")
+    check_finite(w)
     scales, zeros = fit_weight(w, spec)
     g = _grouped(w, spec)
     codes = quantize(g, scales.unsqueeze(-1), zeros.unsqueeze(-1), spec.bits).reshape(w.shape)

@@ -1,0 +1,178 @@
+"""lowbit's own checkpoint format, and loading it: a Hugging Face directory whose block linears stay packed.
+
+Layout: config.json and tokenizer files copied from the source; model.safetensors (or shards written by a
+streaming run) with every tensor of the model except the quantized linear weights, which are replaced by
+`<name>.qweight` (packed codes, uint8, LSB-first bit stream per row), `<name>.scales` (fp16 [out, groups]) and,
+for asymmetric formats, `<name>.qzeros` (packed codes [out, ceil(groups/8)*bits]); lowbit_quant.json says how
+each was quantized and which run-time transforms (activation quantizers, online Hadamard, KV cache) apply.
+Writing lives in lowbit.export.checkpoint and lowbit.ptq.streaming; both build their files from the pieces here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.kernels.qlinear import PackedLinear
+from lowbit.quantizers import QuantizedWeight, WeightSpec, kv
+from lowbit.quantizers import activation as act
+
+QUANT_FILE = "lowbit_quant.json"
+FORMAT_VERSION = 1
+SKIP = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".onnx")  # weight files are never copied
+
+
+def storage_dtype(config: dict) -> torch.dtype:
+    """The float dtype a config.json says the model's tensors are stored in (float32 if it says nothing)."""
+    name = config.get("torch_dtype") or config.get("dtype") or "float32"
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(name), torch.float32)
+
+
+def quant_config(spec: WeightSpec, modules: list[str], bits_per_weight: float, meta: dict) -> dict:
+    """The contents of lowbit_quant.json for packed `modules` of one weight format, plus run metadata."""
+    return {"format": "lowbit", "version": FORMAT_VERSION, "bits": spec.bits, "group_size": spec.group_size,
+            "symmetric": spec.symmetric, "range": spec.range, "packing": "uint8-lsb-first",
+            "modules": sorted(modules), "bits_per_weight": bits_per_weight, **meta}
+
+
+def copy_side_files(src: Path, dst: Path, folders: bool = True, exclude: tuple[str, ...] = ()) -> None:
+    """Copy config, tokenizer and other small files (no weights, none named in `exclude`) from a model directory;
+    with `folders`, also its side folders (sentence-transformers' pooling config)."""
+    for f in src.iterdir():
+        if f.is_file() and not f.name.endswith(SKIP) and not f.name.endswith(".index.json") and f.name not in exclude:
+            shutil.copy2(f, dst / f.name)
+    if folders:
+        for d in src.iterdir():
+            if d.is_dir() and not d.name.startswith("."):
+                shutil.copytree(d, dst / d.name)
+
+
+def checkpoint_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """State dict to store: tied duplicates dropped, float tensors outside the packed parts cast to `dtype`."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen and v.numel() > 0:
+            continue
+        seen.add(v.data_ptr())
+        keep = k.endswith((".qweight", ".qzeros", ".scales")) or not v.is_floating_point()
+        out[k] = (v if keep else v.to(dtype)).contiguous()
+    return out
+
+
+def replace_linears(model: nn.Module, weights: dict[str, QuantizedWeight]) -> None:
+    """Swap the named nn.Linear modules (full names) for PackedLinear modules holding the packed weights; their
+    input transforms (activation quantizers, online Hadamard) move to the new modules."""
+    for name, q in weights.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        lin = getattr(parent, child)
+        bias = lin.bias.data if getattr(lin, "bias", None) is not None else None
+        setattr(parent, child, PackedLinear.from_quantized(q, bias))
+    act.install(model, list(weights))
+
+
+def install_packed(root: nn.Module, names: list[str], spec: WeightSpec, dtype: torch.dtype | None = None) -> None:
+    """Swap the named linears (relative to `root`) for empty PackedLinear modules of `spec`, to load into."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        lin = getattr(parent, child)
+        shell = PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None)
+        setattr(parent, child, shell if dtype is None else shell.to(dtype))
+
+
+def runtime_transforms(model: nn.Module) -> dict:
+    """The run-time transforms installed on a model, as lowbit_quant.json stores them (empty when none)."""
+    out: dict = {}
+    transforms = act.to_json(model)
+    if transforms:
+        out["input_transforms"] = transforms
+    kv_cache = kv.to_json(model)
+    if kv_cache is not None:
+        out["kv_cache"] = kv_cache
+    return out
+
+
+def restore_runtime_transforms(model: nn.Module, family: object, qcfg: dict) -> None:
+    """Re-install the run-time transforms a checkpoint's lowbit_quant.json lists."""
+    if qcfg.get("input_transforms"):
+        act.from_json(model, qcfg["input_transforms"])
+    if qcfg.get("kv_cache"):
+        kv.from_json(model, family, qcfg["kv_cache"])
+
+
+def read_quant_config(path: Path) -> dict | None:
+    """The checkpoint's lowbit_quant.json, None for a full-precision directory."""
+    f = path / QUANT_FILE
+    if not f.is_file():
+        return None
+    try:
+        cfg = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise LowbitError(f"{f} is not valid JSON ({e}); the checkpoint is damaged") from e
+    if cfg.get("format") != "lowbit" or cfg.get("version", 0) > FORMAT_VERSION:
+        raise LowbitError(f"{f} is not a lowbit v{FORMAT_VERSION} quantization config; upgrade lowbit")
+    return cfg
+
+
+def spec_of(qcfg: dict) -> WeightSpec:
+    """The weight format a lowbit_quant.json describes."""
+    return WeightSpec(qcfg["bits"], qcfg["group_size"], qcfg["symmetric"])
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Restore a runnable model from a lowbit checkpoint (or a plain full-precision directory)."""
+    return load_with_tokenizer(path, dtype).model
+
+
+def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  # -> lowbit.models.Loaded
+    """Load a checkpoint or full-precision directory with its tokenizer and family (see lowbit.models.Loaded)."""
+    from lowbit.models.load import (
+        Loaded,
+        build_from_config,
+        check_weight_files,
+        family_of,
+        load_model,
+        load_tokenizer,
+        read_config,
+        rebuild_rotary,
+        resolve_source,
+    )
+    from lowbit.models.stream import load_into
+
+    p = resolve_source(path)
+    qcfg = read_quant_config(p)
+    if qcfg is None:
+        return load_model(p, dtype)
+    config = read_config(p)
+    fam = family_of(config, p)
+    files = check_weight_files(p)  # one file, or shards written by a streaming run
+    # Built on the meta device (no memory for the float weights that packed modules replace), then given
+    # storage; computed buffers (rotary frequencies) are rebuilt. Models with other computed buffers (BERT's
+    # position ids, Gemma's embedding scale) are built normally.
+    model = build_from_config(p, fam.kind, dtype, "meta")
+    on_meta = all("Rotary" in type(m).__name__ for m in model.modules() if m._non_persistent_buffers_set)
+    if not on_meta:
+        model = build_from_config(p, fam.kind, dtype)
+    install_packed(model, qcfg["modules"], spec_of(qcfg), dtype)
+    if on_meta:
+        model.to_empty(device="cpu")
+        rebuild_rotary(model)
+    for m in model.modules():  # packed buffers keep their own dtypes
+        if isinstance(m, PackedLinear):
+            m.scales = m.scales.to(torch.float16)
+    if not load_into(model, files):  # read tensor by tensor, like full-precision loading
+        names = ", ".join(f.name for f in files)
+        raise LowbitError(f"the weights ({names}) in {p} do not match config.json and {QUANT_FILE} (tensor names "
+                          "or shapes differ); the checkpoint is damaged or was written by another tool")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    restore_runtime_transforms(model, fam, qcfg)
+    model.eval()
+    return Loaded(model, load_tokenizer(p), fam, p, config)
