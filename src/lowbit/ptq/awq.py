@@ -119,11 +119,12 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, spec: WeightSpec, grid: int, m
 def awq_block(block: nn.Module, config: AWQConfig, inputs: object) -> dict[str, QuantizedWeight]:
     """Pipeline handler: scale search and fold per group, clipping search per layer, then the inner quantizer."""
     from lowbit.models import block_linears
+    from lowbit.models.families import block_family
     from lowbit.ptq.pipeline import HANDLERS
 
     spec = config.weight
     mods = dict(block.named_modules())
-    for group in scale_groups(block):
+    for group in scale_groups(block, getattr(inputs, "family", None)):
         x_mean = input_stats(block, inputs, [group.consumers[0]])[group.consumers[0]].absmean
         name = inspected_module(group)
         s = search_scale(mods[name], module_calls(block, name, inputs), x_mean, [mods[c] for c in group.consumers],
@@ -131,7 +132,8 @@ def awq_block(block: nn.Module, config: AWQConfig, inputs: object) -> dict[str, 
         fold(block, group, s)
     if config.clip:
         linears = block_linears(block)
-        names = [n for n in linears if not n.endswith(("q_proj", "k_proj", "query", "key", "qkv_proj"))]
+        unclipped = block_family(block, getattr(inputs, "family", None)).unclipped()
+        names = [n for n in linears if not n.endswith(unclipped)]
         stats = input_stats(block, inputs, names, config.sample_tokens)  # AWQ leaves q/k unclipped
         for n in names:
             lin = linears[n]
