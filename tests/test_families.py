@@ -227,3 +227,15 @@ def test_registering_a_family_is_one_line(models):
     finally:
         unregister(fam)
     assert family_for("llama-fork") is None
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_head_and_tied_embeddings(tiny_models, name):
+    loaded = load_model(tiny_models[name])
+    fam, model = loaded.family, loaded.model
+    if fam.kind == "encoder":
+        assert fam.head is None and not fam.ties_head(loaded.config)
+        return
+    params = dict(model.named_parameters(remove_duplicate=False))
+    assert params[fam.head] is model.get_output_embeddings().weight
+    assert fam.ties_head(loaded.config) == fam.tied(model) == bool(loaded.config.get("tie_word_embeddings", False))

@@ -237,8 +237,8 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
         note(f"{src.path} is not quantized: its linear weights are quantized to {qtype} with round-to-nearest")
     linears = [n for n in src.linear_names() if n.startswith(names.blocks + ".")]
     floats = src.float_names(set(linears))
-    if bool(src.config.get("tie_word_embeddings", False)) and "lm_head.weight" in floats:
-        floats.remove("lm_head.weight")
+    if src.family.ties_head(src.config) and src.family.head in floats:
+        floats.remove(src.family.head)
     keep = "F16" if src.storage_dtype == torch.float16 else "F32"  # 2-D floats keep F16, else F32; norms F32
     # Pass 1 plans every tensor (name, type, size) from the structure alone, so that the header and the tensor
     # table are written first; pass 2 reads, converts and writes one layer at a time.

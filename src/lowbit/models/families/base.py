@@ -132,6 +132,7 @@ class Family:
     norm_offset: float = 0.0  # the norm multiplies by (offset + weight): Gemma's RMSNorm has 1
     final_norm: str | None = None  # path of the norm before the LM head
     rotary: tuple[str, ...] = ()  # paths of the modules holding computed rotary buffers
+    head: str | None = None  # the LM head's weight (decoders: lm_head.weight), absent from tied checkpoints
     residual_rotation: bool = False  # whether QuaRot's residual-stream rotation applies (pre-norm, separate q/k/v)
     gguf: GGUFNames | None = None  # None: no GGUF export
     decode: Decode | None = None  # None: the lean decoder does not run this family
@@ -175,6 +176,10 @@ class Family:
         """Whether the LM head is missing or shares the input embedding's weight."""
         head = model.get_output_embeddings()
         return head is None or head.weight is model.get_input_embeddings().weight
+
+    def ties_head(self, config: dict) -> bool:
+        """Whether a config.json (as a dict) ties the LM head to the input embedding (no head tensor stored)."""
+        return self.head is not None and bool(config.get("tie_word_embeddings", False))
 
     def rotary_modules(self, model: nn.Module) -> list[nn.Module]:
         """The modules holding computed (non-persistent) rotary buffers."""

@@ -15,5 +15,6 @@ GEMMA = Family(
                 Candidate("post_attention_layernorm", "norm", MLP),  # Gemma
                 Candidate("self_attn.v_proj", "linear", ("self_attn.o_proj",)),
                 Candidate("mlp.up_proj", "linear", ("mlp.down_proj",))),
-    norm_offset=1.0, final_norm="model.norm", rotary=("model.rotary_emb",), residual_rotation=True,
+    norm_offset=1.0, final_norm="model.norm", rotary=("model.rotary_emb",), head="lm_head.weight",
+    residual_rotation=True,
 )

@@ -44,7 +44,8 @@ def llama_like(name: str, *, attn_bias: bool = False, qk_norm: bool = False, ggu
     """A Llama-like family (one per model_type)."""
     qk = ("self_attn.q_norm", "self_attn.k_norm") if qk_norm else ()
     return Family(name, (name,), "causal", DECODER_BLOCKS, layout=llama_layout(attn_bias, qk), candidates=CANDIDATES,
-                  final_norm="model.norm", rotary=("model.rotary_emb",), residual_rotation=True, gguf=gguf,
+                  final_norm="model.norm", rotary=("model.rotary_emb",), head="lm_head.weight", residual_rotation=True,
+                  gguf=gguf,
                   decode=Decode(qk_norm=("q_norm", "k_norm") if qk_norm else None,
                                 sliding_window_default=sliding_window_default))
 

@@ -11,5 +11,5 @@ PHI3 = Family(
                   writers=("self_attn.o_proj", "mlp.down_proj"), online="mlp.down_proj", unclipped=("qkv_proj",)),
     candidates=(Candidate("input_layernorm", "norm", ("self_attn.qkv_proj",)),
                 Candidate("post_attention_layernorm", "norm", ("mlp.gate_up_proj",))),
-    final_norm="model.norm", rotary=("model.rotary_emb",),
+    final_norm="model.norm", rotary=("model.rotary_emb",), head="lm_head.weight",
 )
