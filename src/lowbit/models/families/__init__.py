@@ -6,6 +6,8 @@ plus one line in REGISTRY below (or `register(family)` at run time).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -91,7 +93,7 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
 
 def block_output(out: object) -> torch.Tensor:
     """The hidden states a block returns (blocks return a tensor or a tuple starting with it)."""
-    return out[0] if isinstance(out, tuple | list) else out
+    return cast(torch.Tensor, out[0] if isinstance(out, tuple | list) else out)
 
 
 __all__ = [

@@ -7,6 +7,7 @@ scale-fold candidates, GGUF names, how the lean decoder walks it) instead of tes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -157,7 +158,8 @@ class Family:
         """The block's attention module (None if the family has no such layout or the block lacks it)."""
         if self.layout is None or self.layout.attention is None:
             return None
-        return get_path(block, self.layout.attention)
+        attn = get_path(block, self.layout.attention)
+        return attn if isinstance(attn, nn.Module) else None
 
     def unclipped(self) -> tuple[str, ...]:
         """Name endings of the linear layers AWQ's clipping search leaves alone (queries and keys)."""
@@ -165,7 +167,7 @@ class Family:
 
     def norm_scale(self, norm: nn.Module) -> torch.Tensor:
         """The per-channel factor a norm multiplies by (float64): offset + weight."""
-        w = norm.weight.detach().double()
+        w = cast(torch.Tensor, norm.weight).detach().double()
         return w + self.norm_offset if self.norm_offset else w
 
     def identity_norm_weight(self) -> float:
@@ -174,8 +176,8 @@ class Family:
 
     def tied(self, model: nn.Module) -> bool:
         """Whether the LM head is missing or shares the input embedding's weight."""
-        head = model.get_output_embeddings()
-        return head is None or head.weight is model.get_input_embeddings().weight
+        head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+        return head is None or cast(nn.Module, head).weight is cast(nn.Module, emb).weight
 
     def ties_head(self, config: dict) -> bool:
         """Whether a config.json (as a dict) ties the LM head to the input embedding (no head tensor stored)."""
