@@ -29,33 +29,30 @@ from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_
 from lowbit.export.source import ExportSource, note
 from lowbit.files import atomic_output
 from lowbit.kernels.qlinear import PackedLinear
+from lowbit.models.families import GGUFNames
+from lowbit.models.families.llama import LLAMA_GGUF
 
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q4_0", "Q4_K", "Q4_K_M")
-FAMILIES = ("llama", "mistral")
 # llama.cpp's LlamaFileType: MOSTLY_Q8_0, MOSTLY_Q6_K, MOSTLY_Q4_0, MOSTLY_Q4_K_S, MOSTLY_Q4_K_M
 FILE_TYPE = {"Q8_0": 7, "Q6_K": 18, "Q4_0": 2, "Q4_K": 14, "Q4_K_M": 15}
-LAYER = {
-    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-       "lm_head.weight": "output.weight"}
+LAYER = LLAMA_GGUF.layer_map  # llama's tensor names inside a block (kept for benchmarks/gguf_quality.py)
+TOP = LLAMA_GGUF.top_map
 
 
-def gguf_name(hf_name: str) -> str:
-    """llama.cpp's tensor name for a Hugging Face Llama tensor name (a clear error for anything unknown)."""
-    if hf_name in TOP:
-        return TOP[hf_name]
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+?)(\.weight|\.bias)?", hf_name)
+def gguf_name(hf_name: str, names: GGUFNames = LLAMA_GGUF) -> str:
+    """llama.cpp's tensor name for a Hugging Face tensor name of a family (default: Llama's names; a clear error
+    for anything unknown)."""
+    top, layer = names.top_map, names.layer_map
+    if hf_name in top:
+        return top[hf_name]
+    m = re.fullmatch(re.escape(names.blocks) + r"\.(\d+)\.(.+?)(\.weight|\.bias)?", hf_name)
     if m:
         idx, rest, suffix = m.group(1), m.group(2), m.group(3) or ""
-        if rest + suffix in LAYER:
-            return f"blk.{idx}.{LAYER[rest + suffix]}"
-        if rest in LAYER:
-            return f"blk.{idx}.{LAYER[rest]}{suffix}"
-    raise LowbitError(f"tensor {hf_name} has no GGUF llama counterpart; only plain Llama/Mistral layouts export")
+        if rest + suffix in layer:
+            return f"blk.{idx}.{layer[rest + suffix]}"
+        if rest in layer:
+            return f"blk.{idx}.{layer[rest]}{suffix}"
+    raise LowbitError(f"tensor {hf_name} has no GGUF {names.arch} counterpart; only plain Llama/Mistral layouts export")
 
 
 def rope_permutation(rows: int, n_head: int) -> torch.Tensor:
@@ -231,17 +228,18 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
 
     if qtype not in GGUF_TYPES:
         raise LowbitError(f"unknown GGUF type {qtype!r}; choose one of {', '.join(GGUF_TYPES)}")
-    if src.family.name not in FAMILIES:
+    names = src.family.gguf
+    if names is None:
         raise LowbitError(f"GGUF export supports Llama and Mistral models with a SentencePiece tokenizer.model; "
                           f"{src.path} is {src.family.name}")
     hp = hparams(src.config)
     vocab = sentencepiece_vocab(src.path, hp["vocab"])
     if not src.quantized:
         note(f"{src.path} is not quantized: its linear weights are quantized to {qtype} with round-to-nearest")
-    linears = [n for n in src.linear_names() if n.startswith("model.layers.")]
+    linears = [n for n in src.linear_names() if n.startswith(names.blocks + ".")]
     floats = src.float_names(set(linears))
-    if bool(src.config.get("tie_word_embeddings", False)) and "lm_head.weight" in floats:
-        floats.remove("lm_head.weight")
+    if src.family.ties_head(src.config) and src.family.head in floats:
+        floats.remove(src.family.head)
     keep = "F16" if src.storage_dtype == torch.float16 else "F32"  # 2-D floats keep F16, else F32; norms F32
     # Pass 1 plans every tensor (name, type, size) from the structure alone, so that the header and the tensor
     # table are written first; pass 2 reads, converts and writes one layer at a time.
@@ -249,10 +247,10 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
     for name in floats:
         shape = src.shape(name)
         kind = "F32" if len(shape) == 1 else keep
-        jobs.append(("float", name, kind, [(gguf_name(name), tensor_info(kind, shape))]))
+        jobs.append(("float", name, kind, [(gguf_name(name, names), tensor_info(kind, shape))]))
     for name in linears:
         shell = src.model.get_submodule(name)
-        gname = gguf_name(name)
+        gname = gguf_name(name, names)
         kind = linear_kind(shell.in_features, qtype, gname, hp["layers"])
         heads = {".attn_q": hp["n_head"], ".attn_k": hp["n_kv"]}.get(gname[gname.rfind("."):])
         perm = rope_permutation(shell.out_features, heads) if heads else None
@@ -262,7 +260,7 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
         jobs.append(("linear", name, (kind, perm), tensors))
     kinds: Counter = Counter()
     with atomic_output(out) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "llama")
+        w = gguf.GGUFWriter(str(tmp), names.arch)
         write_metadata(w, src, hp, vocab, qtype)
         for _, _, _, tensors in jobs:
             for gname, (shape, dtype, nbytes, raw) in tensors:

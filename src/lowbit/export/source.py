@@ -76,7 +76,7 @@ class ExportSource:
         return [k for k in names if k in self.index or not self._tied(k)]
 
     def _tied(self, name: str) -> bool:
-        return name == "lm_head.weight" and bool(self.config.get("tie_word_embeddings", False))
+        return name == self.family.head and self.family.ties_head(self.config)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """A tensor's shape, from the model's structure (nothing is read)."""

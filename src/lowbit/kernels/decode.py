@@ -63,25 +63,26 @@ class FusedLayer:
         self.scratch = torch.empty(nbytes, dtype=torch.int8)
 
     @classmethod
-    def build(cls, layer: torch.nn.Module, qkv: FusedLinears | None, gate_up: FusedLinears | None,
-              shape: tuple[int, int, int], scale: float, cap: int) -> FusedLayer | None:
-        """The fused layer for bf16 decode, or None (fp32, q/k norms, other shapes, kernels that differ)."""
-        a, mlp = layer.self_attn, layer.mlp
-        if qkv is None or gate_up is None or qkv.dtype != torch.bfloat16 or hasattr(a, "q_norm"):
+    def build(cls, o_proj: torch.nn.Module, down_proj: torch.nn.Module, norms: tuple[torch.nn.Module, torch.nn.Module],
+              qkv: FusedLinears | None, gate_up: FusedLinears | None, shape: tuple[int, int, int], scale: float,
+              cap: int) -> FusedLayer | None:
+        """The fused layer for bf16 decode, or None (fp32, other shapes, kernels that differ). The caller passes
+        only SiLU layers without q/k norms: o_proj, down_proj and the norms before attention and before the MLP."""
+        if qkv is None or gate_up is None or qkv.dtype != torch.bfloat16:
             return None
-        o = FusedLinears.build([a.o_proj], torch.bfloat16)
-        down = FusedLinears.build([mlp.down_proj], torch.bfloat16)
+        o = FusedLinears.build([o_proj], torch.bfloat16)
+        down = FusedLinears.build([down_proj], torch.bfloat16)
         parts = [qkv, o, gate_up, down]
         if o is None or down is None or len({(p.mode, p.bits) for p in parts}) != 1:
             return None
         heads, kv_heads, head_dim = shape
-        n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
-        hidden, inter = qkv.k, mlp.down_proj.in_features
+        n1, n2 = norms
+        hidden, inter = qkv.k, down_proj.in_features
         if heads * head_dim != hidden or o.k != hidden or gate_up.sizes != [inter, inter] or head_dim % 2 \
                 or any(n.weight.dtype != torch.bfloat16 for n in (n1, n2)):
             return None
         eps = [norm_eps(n) for n in (n1, n2)]
-        if eps[0] != eps[1] or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+        if eps[0] != eps[1]:
             return None
         return cls(_get_lib(), parts, (n1.weight.detach(), n2.weight.detach()), float(eps[0]), shape, inter, scale,
                    cap)

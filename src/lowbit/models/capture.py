@@ -22,6 +22,7 @@ class BlockInputs:
     hidden: list[torch.Tensor] = field(default_factory=list)
     args: list[tuple] = field(default_factory=list)
     kwargs: list[dict] = field(default_factory=list)
+    family: Family | None = None  # the model's family, for block-level handlers that need its layout
 
     def outputs(self, block: nn.Module) -> Iterator[torch.Tensor]:
         """The block's outputs for each mini-batch (computed lazily, without gradients)."""
@@ -49,7 +50,7 @@ def capture_block_inputs(
 ) -> BlockInputs:
     """Run the embeddings on token windows [N, L] and record what the first block receives."""
     blocks = family.blocks(model)
-    store = BlockInputs()
+    store = BlockInputs(family=family)
 
     def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
         if args:

@@ -141,7 +141,6 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
         load_model,
         load_tokenizer,
         read_config,
-        rebuild_rotary,
         resolve_source,
     )
     from lowbit.models.stream import load_into
@@ -157,13 +156,13 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
     # storage; computed buffers (rotary frequencies) are rebuilt. Models with other computed buffers (BERT's
     # position ids, Gemma's embedding scale) are built normally.
     model = build_from_config(p, fam.kind, dtype, "meta")
-    on_meta = all("Rotary" in type(m).__name__ for m in model.modules() if m._non_persistent_buffers_set)
+    on_meta = fam.meta_buildable(model)
     if not on_meta:
         model = build_from_config(p, fam.kind, dtype)
     install_packed(model, qcfg["modules"], spec_of(qcfg), dtype)
     if on_meta:
         model.to_empty(device="cpu")
-        rebuild_rotary(model)
+        fam.rebuild_rotary(model)
     for m in model.modules():  # packed buffers keep their own dtypes
         if isinstance(m, PackedLinear):
             m.scales = m.scales.to(torch.float16)

@@ -16,25 +16,30 @@ from torch.nn import functional as F
 
 from lowbit.kernels.decode import FusedLayer, attention_one, norm_eps, rms_norm
 from lowbit.kernels.qlinear import FusedLinears, dense_linear
+from lowbit.models.families import REGISTRY, Decode, family_of_model, get_path
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+def _decode_of(model: nn.Module) -> Decode | None:
+    fam = family_of_model(model)
+    return fam.decode if fam is not None else None
 
 
 def unsupported(model: nn.Module) -> str | None:
     """Why `model` cannot run through LeanDecoder, or None if it can."""
     cfg = getattr(model, "config", None)
     mt = getattr(cfg, "model_type", None)
-    if mt not in FAMILIES:
-        return f"model type {mt!r} is not one of {', '.join(FAMILIES)}"
+    dec = _decode_of(model)
+    if dec is None:
+        lean = [f.name for f in REGISTRY if f.decode is not None]
+        return f"model type {mt!r} is not one of {', '.join(lean)}"
     if getattr(cfg, "hidden_act", "silu") != "silu":
         return f"activation {cfg.hidden_act!r} (only silu)"
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", mt == "mistral"):
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", dec.sliding_window_default):
         return "sliding-window attention"
-    base = getattr(model, "model", None)
-    if base is None or not hasattr(base, "rotary_emb") or not hasattr(model, "lm_head"):
-        return "no model.rotary_emb / lm_head"
-    for layer in base.layers:
-        a = layer.self_attn
+    if any(get_path(model, p) is None for p in (dec.rotary, dec.head)) or get_path(model, dec.layers) is None:
+        return f"no {dec.rotary} / {dec.head}"
+    for layer in get_path(model, dec.layers):
+        a = getattr(layer, dec.attn)
         if a._forward_hooks or a._forward_pre_hooks or layer._forward_hooks or layer._forward_pre_hooks:
             return "hooks on attention or decoder layers"
     return None
@@ -58,30 +63,35 @@ class LeanDecoder:
         why = unsupported(model)
         if why:
             raise ValueError(f"LeanDecoder cannot run this model: {why}")
-        cfg, base = model.config, model.model
-        self.model, self.base, self.max_len = model, base, max_len
+        cfg, dec = model.config, _decode_of(model)
+        assert dec is not None  # unsupported() checked it
+        self.model, self.max_len = model, max_len
+        self.embed, self.final_norm, self.head = (model.get_submodule(p) for p in (dec.embed, dec.norm, dec.head))
+        layers = model.get_submodule(dec.layers)
+        self.layers = [dec.parts(layer, getattr(cfg, "hidden_act", "silu")) for layer in layers]
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
-        self.dtype = base.embed_tokens.weight.dtype
-        shape = (len(base.layers), self.kv_heads, max_len, self.head_dim)
+        self.dtype = self.embed.weight.dtype
+        shape = (len(layers), self.kv_heads, max_len, self.head_dim)
         self.k = torch.zeros(shape)  # fp32 cache: small at batch 1, and bf16 matmuls of this size are slow here
         self.v = torch.zeros(shape)
         pos = torch.arange(max_len).unsqueeze(0)
-        cos, sin = base.rotary_emb(torch.zeros(1, dtype=self.dtype), pos)
+        cos, sin = model.get_submodule(dec.rotary)(torch.zeros(1, dtype=self.dtype), pos)
         sin = sin.clone()
         sin[..., : self.head_dim // 2] *= -1
         self.cos, self.sin = cos[0].to(self.dtype).unsqueeze(1), sin[0].to(self.dtype).unsqueeze(1)
         self.pos = 0
         # q/k/v and gate/up as one kernel call each at batch 1, where the packed kernels allow it
-        self.fused = [(FusedLinears.build([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
-                                          self.dtype),
-                       FusedLinears.build([layer.mlp.gate_proj, layer.mlp.up_proj], self.dtype))
-                      for layer in base.layers]
+        self.fused = [(FusedLinears.build([p.q, p.k, p.v], self.dtype), FusedLinears.build([p.gate, p.up], self.dtype))
+                      for p in self.layers]
         # and, for bf16 packed layers, the whole layer as one C call at batch 1 (same ops, same rounding)
         shape = (self.heads, self.kv_heads, self.head_dim)
-        self.fused_layers = [FusedLayer.build(layer, *self.fused[i], shape, layer.self_attn.scaling, max_len)
-                             if fused_layers else None for i, layer in enumerate(base.layers)]
+        # (the C layer has no q/k norms and computes SiLU)
+        self.fused_layers = [FusedLayer.build(p.o, p.down, (p.norm1, p.norm2), *self.fused[i], shape, p.attn.scaling,
+                                              max_len)
+                             if fused_layers and p.q_norm is None and p.act == "silu" else None
+                             for i, p in enumerate(self.layers)]
 
     def reset(self) -> None:
         """Forget the cached tokens."""
@@ -93,22 +103,22 @@ class LeanDecoder:
         t, p0 = len(ids), self.pos
         if p0 + t > self.max_len:
             raise ValueError(f"LeanDecoder holds {self.max_len} tokens; {p0 + t} asked")
-        h = self.base.embed_tokens(torch.tensor(ids))
+        h = self.embed(torch.tensor(ids))
         cos, sin = self.cos[p0:p0 + t], self.sin[p0:p0 + t]
         rep = self.heads // self.kv_heads
-        for i, layer in enumerate(self.base.layers):
+        for i, p in enumerate(self.layers):
             if t == 1 and self.fused_layers[i] is not None:
                 self.fused_layers[i](h, self.cos[p0, 0], self.sin[p0, 0], self.k[i], self.v[i], p0)
                 continue
-            a = layer.self_attn
-            x = _rms(h, layer.input_layernorm)
+            a = p.attn
+            x = _rms(h, p.norm1)
             qkv, gate_up = self.fused[i]
-            q, k, v = qkv(x) if qkv is not None and t == 1 else (a.q_proj(x), a.k_proj(x), a.v_proj(x))
+            q, k, v = qkv(x) if qkv is not None and t == 1 else (p.q(x), p.k(x), p.v(x))
             q = q.view(t, self.heads, self.head_dim)
             k = k.view(t, self.kv_heads, self.head_dim)
             v = v.view(t, self.kv_heads, self.head_dim)
-            if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head before the rotation
-                q, k = _rms(q, a.q_norm), _rms(k, a.k_norm)
+            if p.q_norm is not None and p.k_norm is not None:  # Qwen3: RMSNorm over each head before the rotation
+                q, k = _rms(q, p.q_norm), _rms(k, p.k_norm)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
             if t == 1:  # one query: heads grouped by their KV head
                 self.k[i, :, p0] = k[0]
@@ -122,10 +132,9 @@ class LeanDecoder:
                 o = F.scaled_dot_product_attention(q.float().transpose(0, 1), keys, vals, attn_mask=mask,
                                                    is_causal=p0 == 0, scale=a.scaling, enable_gqa=rep > 1)
                 o = o.transpose(0, 1).reshape(t, -1)
-            h = h + a.o_proj(o.to(self.dtype))
-            x = _rms(h, layer.post_attention_layernorm)
-            mlp = layer.mlp
-            g, u = gate_up(x) if gate_up is not None and t == 1 else (mlp.gate_proj(x), mlp.up_proj(x))
-            h = h + mlp.down_proj(F.silu(g) * u)
+            h = h + p.o(o.to(self.dtype))
+            x = _rms(h, p.norm2)
+            g, u = gate_up(x) if gate_up is not None and t == 1 else (p.gate(x), p.up(x))
+            h = h + p.down(F.silu(g) * u)
         self.pos = p0 + t
-        return dense_linear(_rms(h[-1:], self.base.norm), self.model.lm_head)[0]
+        return dense_linear(_rms(h[-1:], self.final_norm), self.head)[0]

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError
-from lowbit.models.families import Family, family_for, supported_types
+from lowbit.errors import LowbitError, not_finite
+from lowbit.models.families import Family, family_for, family_of_model, supported_types
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -100,20 +100,25 @@ def load_tokenizer(path: Path) -> object:
         raise LowbitError(f"cannot load the tokenizer in {path} ({type(e).__name__}: {e})") from e
 
 
+def meta_buildable(model: nn.Module) -> bool:
+    """Whether a model built on the meta device can have all its computed non-persistent buffers rebuilt (its
+    family's rotary frequencies only; False for models of no known family)."""
+    fam = family_of_model(model)
+    return fam is not None and fam.meta_buildable(model)
+
+
 def rebuild_rotary(model: nn.Module) -> None:
     """Recompute rotary-embedding frequency buffers (non-persistent, so not in checkpoints) from the config."""
-    for mod in model.modules():
-        if mod._non_persistent_buffers_set and "Rotary" in type(mod).__name__:
-            fresh = type(mod)(config=model.config)
-            for k, v in fresh.named_buffers(recurse=False):
-                mod._buffers[k] = v
+    fam = family_of_model(model)
+    if fam is not None:
+        fam.rebuild_rotary(model)
 
 
 def check_finite(model: nn.Module, path: Path) -> None:
     """Refuse a model whose parameters hold NaN or Inf."""
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
-            raise LowbitError(f"{path}: parameter {name} holds NaN or Inf values; the checkpoint is broken")
+            raise not_finite(f"{path}: parameter {name}")
 
 
 def auto_class(kind: str) -> type:

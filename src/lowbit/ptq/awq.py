@@ -15,6 +15,7 @@ from torch import nn
 
 from lowbit.formats import dequantize, fit_scale_zero, quantize
 from lowbit.models import BlockInputs, block_linears, block_output
+from lowbit.models.families import block_family
 from lowbit.ptq.config import AWQConfig
 from lowbit.ptq.registry import Weights, block_handler, register_block
 from lowbit.ptq.scaling import ScaleGroup, fold, input_stats, scale_groups
@@ -120,7 +121,7 @@ def awq_block(block: nn.Module, config: AWQConfig, inputs: BlockInputs) -> Weigh
     """Scale search and fold per group, clipping search per layer, then the inner quantizer."""
     spec = config.weight
     mods = dict(block.named_modules())
-    for group in scale_groups(block):
+    for group in scale_groups(block, inputs.family):
         x_mean = input_stats(block, inputs, [group.consumers[0]])[group.consumers[0]].absmean
         name = inspected_module(group)
         s = search_scale(mods[name], module_calls(block, name, inputs), x_mean, [mods[c] for c in group.consumers],
@@ -128,7 +129,8 @@ def awq_block(block: nn.Module, config: AWQConfig, inputs: BlockInputs) -> Weigh
         fold(block, group, s)
     if config.clip:
         linears = block_linears(block)
-        names = [n for n in linears if not n.endswith(("q_proj", "k_proj", "query", "key", "qkv_proj"))]
+        unclipped = block_family(block, inputs.family).unclipped()
+        names = [n for n in linears if not n.endswith(unclipped)]
         stats = input_stats(block, inputs, names, config.sample_tokens)  # AWQ leaves q/k unclipped
         for n in names:
             lin = linears[n]

@@ -225,7 +225,7 @@ def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_toke
     for p in model.parameters():
         p.requires_grad_(False)
     x_q = capture_block_inputs(model, family, calib_tokens, config.batch_size)
-    x_fp = BlockInputs(list(x_q.hidden), x_q.args, x_q.kwargs)
+    x_fp = BlockInputs(list(x_q.hidden), x_q.args, x_q.kwargs, family)
     calib_bytes = 2 * x_q.nbytes()
     originals: dict[int, dict[str, nn.Module]] = {}
     wrappers: dict[int, dict[str, LearnedLinear]] = {}
@@ -242,7 +242,8 @@ def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_toke
                 _set_mode(wrappers, range(a, i), "fp")
                 with fp_activations(model):
                     h_in = BlockInputs([_run(blocks[a:i], h, ar, kw).detach() for h, ar, kw in
-                                        zip(x_fp.hidden, x_fp.args, x_fp.kwargs, strict=True)], x_fp.args, x_fp.kwargs)
+                                        zip(x_fp.hidden, x_fp.args, x_fp.kwargs, strict=True)],
+                                       x_fp.args, x_fp.kwargs, family)
                 with torch.no_grad():
                     report["cfp_channels"][i] = scale_activation_outliers(blocks[i], h_in, config.cfp_lambda)
             starts = None
@@ -250,7 +251,8 @@ def cbq_quantize(model: nn.Module, family: Family, config: CBQConfig, calib_toke
                 _set_mode(wrappers, range(a, i), "hard")
                 with torch.no_grad():
                     q_in = BlockInputs([_run(blocks[a:i], h, ar, kw) for h, ar, kw in
-                                        zip(x_q.hidden, x_q.args, x_q.kwargs, strict=True)], x_q.args, x_q.kwargs)
+                                        zip(x_q.hidden, x_q.args, x_q.kwargs, strict=True)],
+                                       x_q.args, x_q.kwargs, family)
                 starts = _gptq_start(blocks[i], config, q_in)
             originals[i] = dict(block_linears(blocks[i]))
             wrappers[i] = _wrap(blocks[i], config, gen, starts)

@@ -55,7 +55,7 @@ def truncate_weight(w: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
 def scale_activation_outliers(block: nn.Module, inputs: BlockInputs, lam: float = 1.0) -> dict[str, int]:
     """Scale outlier input channels of every foldable group down to the threshold (exact); count per group."""
     counts: dict[str, int] = {}
-    for group in scale_groups(block):
+    for group in scale_groups(block, inputs.family):
         amax = input_stats(block, inputs, [group.consumers[0]])[group.consumers[0]].absmax
         thr = outlier_threshold(amax, lam)
         if thr is None:

@@ -22,13 +22,9 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.models import Family, block_linears
+from lowbit.models.families import Layout
 from lowbit.quantizers.activation import set_transform
 from lowbit.quantizers.hadamard import factor, fwht, hadamard_matrix, random_hadamard
-
-READERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
-WRITERS = ("self_attn.o_proj", "mlp.down_proj")
-NORMS = {"input_layernorm": READERS[:3], "post_attention_layernorm": READERS[3:]}
-
 
 MODES = ("auto", "residual", "online")
 
@@ -40,33 +36,34 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def _check(model: nn.Module, family: Family) -> None:
+def _check(model: nn.Module, family: Family) -> Layout:
+    """The family's block layout, or a clear error where the residual rotation does not apply."""
     if family.kind != "causal":
         raise LowbitError(f"residual rotation needs a pre-norm decoder; {family.name} is an encoder with "
                           "post-LayerNorm, which does not commute with a rotation (use rotate mode online, the "
                           "default for encoders)")
+    lay = family.layout
+    if lay is None or not family.residual_rotation or lay.value_output is None or lay.online is None \
+            or family.final_norm is None:
+        raise LowbitError(f"rotation supports Llama-style blocks (q/k/v/o, gate/up/down, two RMSNorms); "
+                          f"{family.name} blocks differ (fused or missing projections)")
     for block in family.blocks(model):
         mods = dict(block.named_modules())
-        missing = [n for n in (*READERS, *WRITERS, *NORMS) if n not in mods]
-        if missing or "pre_feedforward_layernorm" in mods:
+        missing = [n for n in (*lay.readers, *lay.writers, *(n for n, _ in lay.norms)) if n not in mods]
+        if missing or any(n in mods for n in lay.extra_norms):
             raise LowbitError(f"rotation supports Llama-style blocks (q/k/v/o, gate/up/down, two RMSNorms); "
                               f"{family.name} blocks differ ({', '.join(missing) or 'extra norms'})")
-    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    if head is None or head.weight is emb.weight:
+    if family.tied(model):
         raise LowbitError("rotation of models with tied input and output embeddings is not supported yet")
     cfg = model.config
     factor(cfg.hidden_size)
     factor(cfg.intermediate_size)  # clear errors for sizes without a known Hadamard matrix
+    return lay
 
 
-def _norm_scale(norm: nn.Module) -> torch.Tensor:
-    w = norm.weight.detach().double()
-    return w + 1 if "Gemma" in type(norm).__name__ else w
-
-
-def _reset_norm(norm: nn.Module) -> None:
+def _reset_norm(norm: nn.Module, family: Family) -> None:
     with torch.no_grad():
-        norm.weight.fill_(0.0 if "Gemma" in type(norm).__name__ else 1.0)
+        norm.weight.fill_(family.identity_norm_weight())
 
 
 def _set(p: torch.Tensor, v: torch.Tensor) -> None:
@@ -94,37 +91,38 @@ def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = 
     if check_mode(mode) == "online" or (mode == "auto" and family.kind != "causal"):
         rotate_inputs(model, family, prefix)
         return "online"
-    _check(model, family)
+    lay = _check(model, family)
     cfg = model.config
     d = cfg.hidden_size
     head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
     Q = random_hadamard(d, seed).double()
     Hh = hadamard_matrix(head_dim).double()
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    final_norm = model.model.norm
-    _set(head.weight, head.weight.double() * _norm_scale(final_norm)[None, :] @ Q)
-    _reset_norm(final_norm)
+    final_norm = model.get_submodule(family.final_norm)
+    _set(head.weight, head.weight.double() * family.norm_scale(final_norm)[None, :] @ Q)
+    _reset_norm(final_norm, family)
     _set(emb.weight, emb.weight.double() @ Q)
     for i, block in enumerate(family.blocks(model)):
         mods = dict(block.named_modules())
-        for norm_name, readers in NORMS.items():
-            scale = _norm_scale(mods[norm_name])
+        for norm_name, readers in lay.norms:
+            scale = family.norm_scale(mods[norm_name])
             for r in readers:
                 _set(mods[r].weight, mods[r].weight.double() * scale[None, :] @ Q)
-            _reset_norm(mods[norm_name])
-        for w in WRITERS:
+            _reset_norm(mods[norm_name], family)
+        for w in lay.writers:
             lin = mods[w]
             W = lin.weight.double()
-            if w == "mlp.down_proj":
+            if w == lay.online:
                 W = fwht(W)  # W M: the online transform x -> x M restores x W^T
             _set(lin.weight, Q.T @ W)
             if lin.bias is not None:
                 _set(lin.bias, lin.bias.double() @ Q)
-        v, o = mods["self_attn.v_proj"], mods["self_attn.o_proj"]
+        v_name, o_name = lay.value_output
+        v, o = mods[v_name], mods[o_name]
         nv, no = v.out_features // head_dim, o.in_features // head_dim
         _set(v.weight, (Hh.T @ v.weight.double().reshape(nv, head_dim, -1)).reshape(v.weight.shape))
         if v.bias is not None:
             _set(v.bias, (v.bias.double().reshape(nv, head_dim) @ Hh).reshape(-1))
         _set(o.weight, (o.weight.double().reshape(-1, no, head_dim) @ Hh).reshape(o.weight.shape))
-        set_transform(model, f"{prefix}.{i}.mlp.down_proj", hadamard=True)
+        set_transform(model, f"{prefix}.{i}.{lay.online}", hadamard=True)
     return "residual"

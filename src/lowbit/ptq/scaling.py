@@ -8,51 +8,51 @@ v -> o when every attention head has its own value head). x W^T = (x / s) (W dia
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
+from lowbit.models.families import Family, block_family
 from lowbit.quantizers.activation import fp_activations, transform_of
 
-# (producer, kind, consumers) candidates by naming convention; those absent from a block are skipped
-_CANDIDATES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("input_layernorm", "norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    ("input_layernorm", "norm", ("self_attn.qkv_proj",)),
-    ("post_attention_layernorm", "norm", ("mlp.gate_proj", "mlp.up_proj")),
-    ("pre_feedforward_layernorm", "norm", ("mlp.gate_proj", "mlp.up_proj")),
-    ("post_attention_layernorm", "norm", ("mlp.gate_up_proj",)),
-    ("self_attn.v_proj", "linear", ("self_attn.o_proj",)),
-    ("mlp.up_proj", "linear", ("mlp.down_proj",)),
-    ("attention.self.value", "linear", ("attention.output.dense",)),
-)
+if TYPE_CHECKING:
+    from lowbit.models.capture import BlockInputs
 
 
 @dataclass(frozen=True)
 class ScaleGroup:
-    """Linear layers (`consumers`) reading one tensor whose channels `producer` (a norm or a linear) can rescale."""
+    """Linear layers (`consumers`) reading one tensor whose channels `producer` (a norm or a linear) can rescale.
+
+    `offset`: a norm producer multiplies by (offset + weight) (Gemma's RMSNorm: 1), which folding must respect.
+    """
 
     producer: str
     kind: str
     consumers: tuple[str, ...]
+    offset: float = 0.0
 
 
-def scale_groups(block: nn.Module) -> list[ScaleGroup]:
-    """The exactly foldable groups of one block (at most one per consumer)."""
+def scale_groups(block: nn.Module, family: Family | None = None) -> list[ScaleGroup]:
+    """The exactly foldable groups of one block (at most one per consumer), from the family's candidates.
+
+    Without a family, the block's own (from the config its modules hold), else the generic naming convention.
+    """
+    fam = block_family(block, family)
     mods = dict(block.named_modules())
     out: list[ScaleGroup] = []
     taken: set[str] = set()
-    for prod, kind, cons in _CANDIDATES:
+    for cand in fam.candidates:
+        prod, kind, cons = cand.producer, cand.kind, cand.consumers
         if prod not in mods or not all(c in mods for c in cons) or taken & set(cons):
             continue
-        if any(transform_of(mods[c]) is not None and transform_of(mods[c]).hadamard for c in cons):
+        if any((t := transform_of(mods[c])) is not None and t.hadamard for c in cons):
             continue  # an online Hadamard between producer and consumer mixes the channels
-        if kind == "norm" and "post_attention_layernorm" == prod and "pre_feedforward_layernorm" in mods:
-            continue  # Gemma-2: the post-attention norm sits on the residual branch, not before the MLP
         if kind == "linear":
             p = mods[prod]
             if not isinstance(p, nn.Linear) or p.out_features != mods[cons[0]].in_features:
                 continue  # e.g. grouped-query attention: a value head feeds several heads of o_proj
-        out.append(ScaleGroup(prod, kind, cons))
+        out.append(ScaleGroup(prod, kind, cons, fam.norm_offset if kind == "norm" else 0.0))
         taken |= set(cons)
     return out
 
@@ -65,8 +65,8 @@ def fold(block: nn.Module, group: ScaleGroup, s: torch.Tensor) -> None:
     with torch.no_grad():
         if group.kind == "norm":
             w = prod.weight
-            if "Gemma" in type(prod).__name__:  # Gemma's RMSNorm multiplies by (1 + weight)
-                w.copy_(((1 + w.float()) / s - 1).to(w.dtype))
+            if group.offset:  # the norm multiplies by (offset + weight)
+                w.copy_(((group.offset + w.float()) / s - group.offset).to(w.dtype))
             else:
                 w.copy_((w.float() / s).to(w.dtype))
         else:
@@ -90,13 +90,14 @@ class ChannelStats:
 def input_stats(block: nn.Module, inputs: object, names: list[str], sample_tokens: int = 0,
                 seed: int = 0) -> dict[str, ChannelStats]:
     """Statistics of the (full-precision) inputs of the named linear layers over one pass of the calibration data."""
+    calib = cast("BlockInputs", inputs)  # BlockInputs, or anything with its `hidden` and `run`
     mods = dict(block.named_modules())
     amax: dict[str, torch.Tensor] = {}
     asum: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
     samples: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     g = torch.Generator().manual_seed(seed)
-    per_batch = max(1, sample_tokens // max(1, len(inputs.hidden))) if sample_tokens else 0  # type: ignore[attr-defined]
+    per_batch = max(1, sample_tokens // max(1, len(calib.hidden))) if sample_tokens else 0
 
     def hook(name: str, x: torch.Tensor) -> None:
         x = x.detach().float().reshape(-1, x.shape[-1])
@@ -111,7 +112,7 @@ def input_stats(block: nn.Module, inputs: object, names: list[str], sample_token
     hooks = [mods[n].register_forward_hook(lambda _m, a, _o, n=n: hook(n, a[0])) for n in names]
     try:
         with fp_activations(block):
-            inputs.run(block)  # type: ignore[attr-defined]
+            calib.run(block)
     finally:
         for h in hooks:
             h.remove()

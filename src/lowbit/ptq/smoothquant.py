@@ -26,7 +26,7 @@ def smooth_scales(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: fl
 def smooth_block(block: nn.Module, inputs: BlockInputs, alpha: float) -> None:
     """Fold SmoothQuant scales into every exactly foldable group of the block (in place)."""
     mods = dict(block.named_modules())
-    for group in scale_groups(block):
+    for group in scale_groups(block, inputs.family):
         stats = input_stats(block, inputs, [group.consumers[0]])[group.consumers[0]]
         s = smooth_scales(stats.absmax, [mods[c].weight for c in group.consumers], alpha)
         fold(block, group, s)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -86,22 +87,34 @@ def _register(inner: str) -> str:
     return name
 
 
-def attention_modules(model: nn.Module, family: object) -> list[nn.Module]:
+class FamilyLike(Protocol):
+    """What KV-cache quantization asks of a model family (lowbit.models.families.Family; duck-typed so that
+    quantizers/ does not import lowbit.models)."""
+
+    name: str
+    kind: str
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList: ...
+
+    def attention(self, block: nn.Module) -> nn.Module | None: ...
+
+
+def attention_modules(model: nn.Module, family: FamilyLike) -> list[nn.Module]:
     """The self-attention module of every block (clear error for encoders and unknown layouts)."""
     if getattr(family, "kind", None) != "causal":
         raise LowbitError(f"KV-cache quantization is for decoder LMs; {getattr(family, 'name', family)} is an "
                           "encoder without a KV cache")
     mods = []
-    for i, block in enumerate(family.blocks(model)):  # type: ignore[attr-defined]
-        attn = getattr(block, "self_attn", None)
+    for i, block in enumerate(family.blocks(model)):
+        attn = family.attention(block)
         if attn is None or not hasattr(attn, "head_dim"):
-            raise LowbitError(f"block {i} of {family.name} has no self_attn module with a head_dim; "  # type: ignore[attr-defined]
+            raise LowbitError(f"block {i} of {family.name} has no self_attn module with a head_dim; "
                               "KV-cache quantization supports Llama-like attention")
         mods.append(attn)
     return mods
 
 
-def quantize_kv(model: nn.Module, family: object, bits: int, hadamard: bool = False) -> None:
+def quantize_kv(model: nn.Module, family: FamilyLike, bits: int, hadamard: bool = False) -> None:
     """Install per-token, per-head fake quantization of keys and values in every attention layer."""
     check_kv_bits(bits)
     mods = attention_modules(model, family)
@@ -131,7 +144,7 @@ def to_json(model: nn.Module) -> dict | None:
     return None if kv is None else kv.to_json()
 
 
-def from_json(model: nn.Module, family: object, saved: dict) -> None:
+def from_json(model: nn.Module, family: FamilyLike, saved: dict) -> None:
     """Re-install a KV-cache setting saved by to_json() (used when a checkpoint is loaded)."""
     if not isinstance(saved, dict) or "bits" not in saved:
         raise LowbitError(f"the checkpoint's kv_cache entry {saved!r} is malformed (want {{bits, hadamard}})")
