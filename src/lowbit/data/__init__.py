@@ -2,6 +2,6 @@
 
 from lowbit.data.shapes import shapes
 from lowbit.data.sprites import sprites
-from lowbit.data.text import calibration_windows, read_text, tokenize_text
+from lowbit.data.text import Tokenizer, calibration_windows, read_text, tokenize_text
 
-__all__ = ["calibration_windows", "read_text", "tokenize_text", "sprites", "shapes"]
+__all__ = ["Tokenizer", "calibration_windows", "read_text", "tokenize_text", "sprites", "shapes"]

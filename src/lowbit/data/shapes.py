@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from lowbit.data.sprites import _disk_cached, check_factors, sample_grid
+from lowbit.data.sprites import check_factors, disk_cached, sample_grid
 from lowbit.errors import LowbitError
 
 __all__ = ["SHAPES_FACTORS", "SHAPES_SIZES", "shapes", "shapes_render"]
@@ -90,7 +90,7 @@ def _shapes_cached(n: int, seed: int, cache: bool) -> tuple[np.ndarray, np.ndarr
             out[s:s + 512] = shapes_render(factors[s:s + 512])
         return out, factors
 
-    images, factors = _disk_cached("shapes", n, seed, make, cache)
+    images, factors = disk_cached("shapes", n, seed, make, cache)
     images.setflags(write=False)
     factors.setflags(write=False)
     return images, factors

@@ -9,6 +9,7 @@ Geometry (sizes, margins, the heart curve) is our own approximation of the origi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,7 +17,16 @@ import numpy as np
 
 from lowbit.errors import LowbitError
 
-__all__ = ["SPRITES_FACTORS", "SPRITES_SIZES", "sprites", "sprites_render", "sprites_factor_values"]
+__all__ = [
+    "SPRITES_FACTORS",
+    "SPRITES_SIZES",
+    "check_factors",
+    "disk_cached",
+    "sample_grid",
+    "sprites",
+    "sprites_render",
+    "sprites_factor_values",
+]
 
 SPRITES_FACTORS = ("shape", "scale", "orientation", "x", "y")
 SPRITES_SIZES = (3, 6, 40, 32, 32)
@@ -101,7 +111,9 @@ def _cache_dir() -> Path:
     return Path(root) / "data"
 
 
-def _disk_cached(name: str, n: int, seed: int, make, cache: bool) -> tuple[np.ndarray, np.ndarray]:
+def disk_cached(
+    name: str, n: int, seed: int, make: Callable[[], tuple[np.ndarray, np.ndarray]], cache: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Load (images, factors) from the on-disk cache or build them and store them atomically."""
     path = _cache_dir() / f"{name}-n{n}-seed{seed}-v1.npz"
     if cache and path.exists():
@@ -141,7 +153,7 @@ def _sprites_cached(n: int, seed: int, cache: bool) -> tuple[np.ndarray, np.ndar
         factors = sample_grid(SPRITES_SIZES, n, seed, "sprites")
         return sprites_render(factors), factors
 
-    images, factors = _disk_cached("sprites", n, seed, make, cache)
+    images, factors = disk_cached("sprites", n, seed, make, cache)
     images.setflags(write=False)
     factors.setflags(write=False)
     return images, factors

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from lowbit.errors import LowbitError
+
+
+class Tokenizer(Protocol):
+    """What lowbit calls on a tokenizer; a transformers tokenizer (PreTrainedTokenizerBase) is one.
+
+    Calling it on a text (or a batch of texts) gives a mapping with "input_ids" (and "attention_mask");
+    decode turns ids back into text. Special-token ids (cls_token_id, sep_token_id, bos_token_id,
+    eos_token_id) are read with getattr, since a tokenizer may lack them.
+    """
+
+    def __call__(self, text: str | list[str], /, **kwargs: Any) -> Mapping[str, Any]: ...
+
+    def decode(self, token_ids: list[int], /, skip_special_tokens: bool = False) -> str | list[str]: ...
 
 
 def read_text(path: str | Path, what: str = "text") -> str:
@@ -23,16 +38,16 @@ def read_text(path: str | Path, what: str = "text") -> str:
     return text
 
 
-def tokenize_text(tokenizer: object, text: str) -> torch.Tensor:
+def tokenize_text(tokenizer: Tokenizer, text: str) -> torch.Tensor:
     """All token ids of a text, without special tokens, as a 1-D LongTensor."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # silence "sequence longer than the model's maximum" warnings
-    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # type: ignore[operator]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _special(tokenizer: object) -> tuple[list[int], list[int]]:
+def _special(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
     """Tokens a model expects around a window: [CLS] .. [SEP] for encoders, <s> .. for decoders."""
     cls_, sep = getattr(tokenizer, "cls_token_id", None), getattr(tokenizer, "sep_token_id", None)
     if cls_ is not None and sep is not None:
@@ -42,7 +57,7 @@ def _special(tokenizer: object) -> tuple[list[int], list[int]]:
 
 
 def calibration_windows(
-    tokenizer: object, text: str, n_samples: int = 128, seq_len: int = 256, seed: int = 0
+    tokenizer: Tokenizer, text: str, n_samples: int = 128, seq_len: int = 256, seed: int = 0
 ) -> torch.Tensor:
     """n_samples windows [n, seq_len] of consecutive tokens at random offsets, with the model's special tokens."""
     ids = tokenize_text(tokenizer, text)

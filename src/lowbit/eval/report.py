@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.models import Family, block_output
+
+if TYPE_CHECKING:  # matplotlib is optional: imported by write_report when it draws
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def block_errors(fp_model: nn.Module, q_model: nn.Module, family: Family, ids: torch.Tensor) -> list[float]:
@@ -53,7 +58,7 @@ def read_table(path: str | Path) -> dict:
     raise LowbitError(f"{p} holds no low-bit table (a JSON object with a 'models' mapping)")
 
 
-def _pareto(ax: object, name: str, model: dict) -> None:
+def _pareto(ax: Axes, name: str, model: dict) -> None:
     rows = model["rows"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for m in methods:
@@ -61,23 +66,23 @@ def _pareto(ax: object, name: str, model: dict) -> None:
                      if r["method"] == m and r.get("act_bits", 16) == 16 and r["value"] is not None)
         line = None
         if pts:
-            (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=m)  # type: ignore[attr-defined]
+            (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=m)
         for r in rows:
             if r["method"] == m and r.get("act_bits", 16) < 16 and r["value"] is not None:
-                ax.scatter(r["bits_per_weight"], r["value"], marker="s" if r["act_bits"] == 8 else "^",  # type: ignore[attr-defined]
+                ax.scatter(r["bits_per_weight"], r["value"], marker="s" if r["act_bits"] == 8 else "^",
                            facecolors="none", edgecolors=line.get_color() if line else "k")
-    ax.axhline(model["fp"], color="gray", ls="--", lw=1, label="full precision")  # type: ignore[attr-defined]
-    ax.set_xlabel("average bits per weight (linear layers)")  # type: ignore[attr-defined]
-    ax.set_ylabel(model["metric"])  # type: ignore[attr-defined]
+    ax.axhline(model["fp"], color="gray", ls="--", lw=1, label="full precision")
+    ax.set_xlabel("average bits per weight (linear layers)")
+    ax.set_ylabel(model["metric"])
     if model["metric"] == "perplexity":
-        ax.set_yscale("log")  # type: ignore[attr-defined]
-    ax.set_title(f"{name}: lines W4/W3/W2 A16; squares A8, triangles A4 (at 4.125 bits)")  # type: ignore[attr-defined]
-    ax.legend(fontsize=7)  # type: ignore[attr-defined]
+        ax.set_yscale("log")
+    ax.set_title(f"{name}: lines W4/W3/W2 A16; squares A8, triangles A4 (at 4.125 bits)")
+    ax.legend(fontsize=7)
 
 
-def _blocks(fig: object, name: str, model: dict) -> None:
+def _blocks(fig: Figure, name: str, model: dict) -> None:
     settings = list(dict.fromkeys(r["setting"] for r in model["rows"] if r.get("block_errors")))
-    axes = fig.subplots(1, max(1, len(settings)), squeeze=False)[0]  # type: ignore[attr-defined]
+    axes = fig.subplots(1, max(1, len(settings)), squeeze=False)[0]
     for ax, s in zip(axes, settings, strict=False):
         for r in model["rows"]:
             if r["setting"] == s and r.get("block_errors"):
@@ -117,9 +122,9 @@ def write_report(table: str | Path, out: str | Path, model: str | None = None) -
     return paths
 
 
-def _save(fig: object, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.tight_layout()  # type: ignore[attr-defined]
-    fig.savefig(tmp, dpi=110, format="png")  # type: ignore[attr-defined]
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110, format="png")
     tmp.replace(path)
     return path

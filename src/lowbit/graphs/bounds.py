@@ -17,7 +17,14 @@ import torch
 
 from .graph import adjacency, as_edge_index, graph_num_nodes, undirected_edges
 
-__all__ = ["jost_liu_bounds", "forman_curvature", "augmented_forman_curvature", "edge_degrees_triangles"]
+__all__ = [
+    "jost_liu_bounds",
+    "jost_liu_lower",
+    "jost_liu_upper",
+    "forman_curvature",
+    "augmented_forman_curvature",
+    "edge_degrees_triangles",
+]
 
 
 def edge_degrees_triangles(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,20 +55,22 @@ def _per_column(edge_index: Any, num_nodes: int | None, fn: Callable[..., np.nda
     return torch.from_numpy(out) if as_tensor else out
 
 
-def _jl_lower(du: np.ndarray, dv: np.ndarray, t: np.ndarray) -> np.ndarray:
+def jost_liu_lower(du: np.ndarray, dv: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Jost-Liu lower bound per edge from the endpoint degrees du, dv and the triangle count t."""
     base = 1.0 - 1.0 / du - 1.0 / dv
     dmin, dmax = np.minimum(du, dv), np.maximum(du, dv)
     return -np.maximum(base - t / dmin, 0.0) - np.maximum(base - t / dmax, 0.0) + t / dmax
 
 
-def _jl_upper(du: np.ndarray, dv: np.ndarray, t: np.ndarray) -> np.ndarray:
+def jost_liu_upper(du: np.ndarray, dv: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Jost-Liu upper bound t / max(du, dv) per edge."""
     return t / np.maximum(du, dv)
 
 
 def jost_liu_bounds(edge_index: Any, num_nodes: int | None = None) -> tuple[Any, Any]:
     """Jost-Liu (lower, upper) bounds on Ollivier-Ricci curvature at alpha = 0, one pair per edge column."""
-    lower = _per_column(edge_index, num_nodes, _jl_lower)
-    upper = _per_column(edge_index, num_nodes, _jl_upper)
+    lower = _per_column(edge_index, num_nodes, jost_liu_lower)
+    upper = _per_column(edge_index, num_nodes, jost_liu_upper)
     return lower, upper
 
 

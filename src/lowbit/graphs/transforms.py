@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .bounds import _jl_lower, _jl_upper, edge_degrees_triangles
+from .bounds import edge_degrees_triangles, jost_liu_lower, jost_liu_upper
 from .curvature import ollivier_ricci_undirected
 from .graph import adjacency, as_edge_index, undirected_edges
 
@@ -137,7 +137,7 @@ class LocalCurvatureProfile(BaseTransform):
             kappa = ollivier_ricci_undirected(lo, hi, num_nodes, self.alpha)
         else:
             du, dv, t = edge_degrees_triangles(lo, hi, num_nodes)
-            kappa = 0.5 * (_jl_lower(du, dv, t) + _jl_upper(du, dv, t)) if lo.size else np.zeros(0)
+            kappa = 0.5 * (jost_liu_lower(du, dv, t) + jost_liu_upper(du, dv, t)) if lo.size else np.zeros(0)
         return torch.from_numpy(local_profile(lo, hi, kappa, num_nodes)).float()
 
     def forward(self, data: Any) -> Any:

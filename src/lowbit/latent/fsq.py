@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lowbit.quantizers.ste import straight_through
+
 from .common import MAX_HISTOGRAM, LatentQuantizer, check_levels
 
 __all__ = ["FSQ"]
@@ -57,7 +59,7 @@ class FSQ(LatentQuantizer):
         z = self.project_in(x)
         b = self.bound(z)
         rounded = torch.round(b).detach()
-        q = (b + (rounded - b).detach()) / self._half_width  # straight-through rounding, values in [-1, 1]
+        q = straight_through(b, rounded) / self._half_width  # straight-through rounding, values in [-1, 1]
         level_idx = rounded + self._half_width  # 0 .. L-1 per dimension, as floats
         if self._per_dim_usage:
             idx = level_idx.long()  # (N, n): the mixed-radix index may overflow int64

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.quasirandom import SobolEngine
 
+from lowbit.quantizers.ste import straight_through
+
 from .common import LatentQuantizer
 
 __all__ = ["GaussianQuant", "TDC", "gaussian_codebook"]
@@ -237,7 +239,7 @@ class GaussianQuant(LatentQuantizer):
             mu.dtype
         )
         if self.straight_through:
-            codes = mu + (codes - mu).detach()
+            codes = straight_through(mu, codes)
         return codes, idx.view(n, self.num_groups)
 
     def _codes(self, indices: Tensor) -> Tensor:

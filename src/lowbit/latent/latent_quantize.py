@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lowbit.quantizers.ste import straight_through
+
 from .common import LatentQuantizer, check_levels
 
 __all__ = ["LatentQuantize"]
@@ -69,7 +71,7 @@ class LatentQuantize(LatentQuantizer):
             "quantization": self.quantization_weight * (z.detach() - zq).square().mean(),
             "commitment": self.commitment_weight * (z - zq.detach()).square().mean(),
         }
-        out = z + (zq - z).detach()  # straight-through to the encoder
+        out = straight_through(z, zq)  # straight-through to the encoder
         return out, idx, losses
 
     def _codes(self, indices: Tensor) -> Tensor:

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lowbit.quantizers.ste import straight_through
+
 from .common import LatentQuantizer, check_power_of_two
 
 __all__ = ["LFQ", "BSQ", "bit_entropy", "per_sample_entropy", "codebook_entropy"]
@@ -138,7 +140,7 @@ class LFQ(LatentQuantizer):
         z = self._prepare(x)
         positive = z > 0
         q = torch.where(positive, self.scale, -self.scale).to(z.dtype)
-        out = z + (q - z).detach()
+        out = straight_through(z, q)
         idx = (positive.long() * self._pow2).sum(dim=-1)
         losses: dict[str, Tensor] = {}
         if self.commitment_weight > 0:

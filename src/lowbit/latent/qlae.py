@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lowbit.errors import LowbitError
+from lowbit.quantizers.ste import straight_through
 
 from .latent_quantize import LatentQuantize
 from .vq import VectorQuantize
@@ -91,7 +92,7 @@ class GlobalLatentQuantize(nn.Module):
             "quantization": self.qw * (z.detach() - zq).square().mean(),
             "commitment": self.cw * (z - zq.detach()).square().mean(),
         }
-        return z + (zq - z).detach(), idx, losses
+        return straight_through(z, zq), idx, losses
 
 
 def _conv_block(cin: int, cout: int) -> list[nn.Module]:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lowbit.quantizers.ste import straight_through
+
 from .common import LatentQuantizer
 
 __all__ = ["VectorQuantize", "ResidualVQ", "kmeans"]
@@ -62,7 +64,7 @@ def rotation_trick(z: Tensor, q: Tensor, eps: float = 1e-6) -> Tensor:
     # R z = z - 2 r (r.z) + 2 q_hat (e.z), R maps e onto q_hat; value equals q exactly (up to rounding).
     rz = z - 2 * r * (r * z).sum(-1, keepdim=True) + 2 * q_hat * (e * z).sum(-1, keepdim=True)
     out = scale * rz
-    return out + (q - out).detach()  # remove rounding drift from the value, keep the rotated gradient
+    return straight_through(out, q)  # remove rounding drift from the value, keep the rotated gradient
 
 
 class VectorQuantize(LatentQuantizer):
@@ -201,7 +203,7 @@ class VectorQuantize(LatentQuantizer):
             out = rotation_trick(z, q.detach())
         else:
             # straight-through; a learnable codebook is trained by the codebook loss (as in VQ-VAE)
-            out = z + (q - z).detach()
+            out = straight_through(z, q)
         return self.project_out(out), idx, losses
 
     def _codes(self, indices: Tensor) -> Tensor:
@@ -250,7 +252,7 @@ class ResidualVQ(LatentQuantizer):
             for name, value in layer_losses.items():
                 losses[name] = losses.get(name, 0.0) + value
         # One straight-through estimator for the whole stack: d out / d z = identity.
-        out = z + (total - z).detach()
+        out = straight_through(z, total)
         return self.project_out(out), torch.stack(indices, dim=-1), losses
 
     def _codes(self, indices: Tensor) -> Tensor:

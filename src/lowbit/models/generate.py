@@ -6,10 +6,12 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
 
+from lowbit.data.text import Tokenizer
 from lowbit.errors import LowbitError
 from lowbit.models.lean import LeanDecoder, unsupported
 
@@ -70,7 +72,7 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, ge
 
 @torch.inference_mode()
 def generate(
-    model: nn.Module, tokenizer: object, prompt: str | list[int], max_new_tokens: int = 64,
+    model: nn.Module, tokenizer: Tokenizer, prompt: str | list[int], max_new_tokens: int = 64,
     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
     engine: str = "auto",
 ) -> Generation:
@@ -86,7 +88,7 @@ def generate(
     if not 0 < top_p <= 1:
         raise LowbitError(f"--top-p must be in (0, 1], got {top_p}")
     if isinstance(prompt, str):
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]  # type: ignore[operator]
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     else:
         ids = list(prompt)
     if not ids:
@@ -109,7 +111,7 @@ def generate(
         nxt = _pick(step([nxt]), temperature, top_k, top_p, gen)
         new.append(nxt)
     t2 = time.perf_counter()
-    text = tokenizer.decode(new, skip_special_tokens=True)  # type: ignore[attr-defined]
+    text = cast(str, tokenizer.decode(new, skip_special_tokens=True))  # one id list decodes to one string
     name = "transformers" if engine == "transformers" or why else "lean"
     return Generation(text, len(ids), len(new), t1 - t0, t2 - t1, new, name)
 

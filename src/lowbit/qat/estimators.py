@@ -21,13 +21,21 @@ Formulas (g = incoming gradient):
 * ``round_ste``     forward clamp(round(x/s), -Qn, Qp), backward g/s inside the range (uniform STE)
 
 sign() here maps 0 to +1 (and NaN to -1), matching the bit-packed kernels.
+
+``pact`` rounds with ``lowbit.quantizers.ste.straight_through``. ``round_ste`` stays an autograd function:
+written with straight_through it would equal these codes in value but not bit for bit (codes -0.0 become
++0.0, and the gradient outside the range is +0.0 where this one gives g * 0 = -0.0 for negative g).
+``ctx`` is typed Any: it is the autograd context object, to which each function adds its own attributes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+
+from lowbit.quantizers.ste import straight_through
 
 __all__ = [
     "EDE_T_MAX",
@@ -54,13 +62,13 @@ class _SignSTE(torch.autograd.Function):
     """Sign with the clipped straight-through estimator (BinaryConnect, Courbariaux et al. 2015)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, clip: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, clip: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.clip = clip
         return binarize(x)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
         return g * (x.abs() <= ctx.clip).to(g.dtype), None
 
@@ -69,12 +77,12 @@ class _ApproxSign(torch.autograd.Function):
     """Sign with the piecewise-polynomial ApproxSign gradient (Bi-Real Net, Liu et al. 2018)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         return binarize(x)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
 
@@ -83,13 +91,13 @@ class _BiPerSign(torch.autograd.Function):
     """Square wave sign(sin(w0 x)) with the sine's gradient w0 cos(w0 x) (BiPer, Vargas et al. 2024)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, omega0: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, omega0: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.omega0 = omega0
         return binarize(torch.sin(omega0 * x))
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
         return g * ctx.omega0 * torch.cos(ctx.omega0 * x), None
 
@@ -98,33 +106,44 @@ class _EDESign(torch.autograd.Function):
     """Sign with the error-decay estimator k t (1 - tanh^2(t x)) (IR-Net, Qin et al. 2020)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, t: float, k: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, t: float, k: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.t, ctx.k = t, k
         return binarize(x)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
         return g * ctx.k * ctx.t * (1 - torch.tanh(ctx.t * x) ** 2), None, None
+
+
+def _save_scaled(ctx: Any, x: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+    """x / s, saved with s and the range for a clamped-codes backward."""
+    v = x / s
+    ctx.save_for_backward(v, s)
+    ctx.qn, ctx.qp = qn, qp
+    return v
+
+
+def _inside(ctx: Any, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """1 where -Qn <= v <= Qp (the codes are not clamped), else 0, in the gradient's dtype."""
+    return ((v >= -ctx.qn) & (v <= ctx.qp)).to(g.dtype)
 
 
 class _LSQCodes(torch.autograd.Function):
     """Integer codes clamp(round(x/s), -Qn, Qp) with LSQ gradients for x and s (Esser et al. 2020)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:  # type: ignore[override]
-        v = x / s
-        ctx.save_for_backward(v, s)
-        ctx.qn, ctx.qp = qn, qp
+    def forward(ctx: Any, x: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+        v = _save_scaled(ctx, x, s, qn, qp)
         if qn == 1 and qp == 1:  # binary LSQ: levels {-s, +s}
             return binarize(v)
         return torch.clamp(torch.round(v), -qn, qp)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         v, s = ctx.saved_tensors
-        inside = ((v >= -ctx.qn) & (v <= ctx.qp)).to(g.dtype)
+        inside = _inside(ctx, v, g)
         gx = g * inside / s
         gs = g * (-v * inside) / s
         gs = gs.sum_to_size(s.shape) if s.dim() else gs.sum()
@@ -135,29 +154,26 @@ class _RoundSTE(torch.autograd.Function):
     """Uniform quantizer clamp(round(x/s), -Qn, Qp) with a straight-through gradient inside the range."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:  # type: ignore[override]
-        v = x / s
-        ctx.save_for_backward(v, s)
-        ctx.qn, ctx.qp = qn, qp
+    def forward(ctx: Any, x: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+        v = _save_scaled(ctx, x, s, qn, qp)
         return torch.clamp(torch.round(v), -qn, qp)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         v, s = ctx.saved_tensors
-        inside = ((v >= -ctx.qn) & (v <= ctx.qp)).to(g.dtype)
-        return g * inside / s, None, None, None
+        return g * _inside(ctx, v, g) / s, None, None, None
 
 
 class _GradScale(torch.autograd.Function):
     """Identity whose gradient is multiplied by a constant (LSQ's step-size gradient scale)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         return g * ctx.scale, None
 
 
@@ -210,4 +226,4 @@ def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """PACT: clamp(x, 0, alpha) quantized to 2^bits - 1 steps; d/dalpha = 1{x >= alpha} (Choi et al. 2018)."""
     y = torch.where(x >= alpha, alpha.expand_as(x), torch.relu(x))  # d/dalpha = 1{x >= alpha}
     s = alpha.detach() / (2**bits - 1)
-    return y + (torch.round(y / s) * s - y).detach()
+    return straight_through(y, torch.round(y / s) * s)

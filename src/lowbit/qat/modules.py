@@ -9,10 +9,14 @@ XNOR/popcount kernels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lowbit.formats import signed_range
 
 from .config import QATConfig
 from .estimators import (
@@ -33,10 +37,11 @@ _STD_EPS = 1e-5
 
 
 def _qrange(bits: int) -> tuple[int, int]:
-    """Signed integer range (Qn, Qp) of a ``bits``-bit code; binary is {-1, +1}."""
+    """Magnitudes (Qn, Qp) of the signed range [-Qn, Qp] of a ``bits``-bit code; binary is {-1, +1}, so (1, 1)."""
     if bits == 1:
         return 1, 1
-    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    lo, hi = signed_range(bits)
+    return -lo, hi
 
 
 class WeightQuantizer(nn.Module):
@@ -122,6 +127,9 @@ class WeightQuantizer(nn.Module):
 class ActQuantizer(nn.Module):
     """Activation codes and scale: sign with STE / ApproxSign gradient, LSQ, or uniform STE."""
 
+    initialized: torch.Tensor  # buffers, registered by __init__ for the estimators that use them
+    running_amax: torch.Tensor
+
     def __init__(self, config: QATConfig) -> None:
         super().__init__()
         self.bits = config.act_bits
@@ -182,19 +190,30 @@ class ActQuantizer(nn.Module):
         return f"estimator={self.estimator}, bits={self.bits}, std_norm={self.std_norm}"
 
 
-class _QuantMixin:
-    """Shared set-up and forward for the quantized layers."""
+class _FloatLayer(Protocol):
+    """What ``from_float`` reads of a float nn.Linear / nn.Conv1d / nn.Conv2d."""
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    @property
+    def weight(self) -> torch.Tensor: ...
 
-    def _adopt(self, layer: nn.Module, config: QATConfig):  # noqa: ANN202
+    @property
+    def bias(self) -> torch.Tensor | None: ...
+
+
+class _QuantMixin(nn.Module):
+    """Shared set-up and forward for the quantized layers (mixed in before nn.Linear / nn.Conv*d)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def _adopt(self, layer: _FloatLayer, config: QATConfig):  # noqa: ANN202
         """Copy a float layer's weight and bias (device and dtype too), then attach the quantizers."""
-        self.to(device=layer.weight.device, dtype=layer.weight.dtype)  # type: ignore[attr-defined]
+        self.to(device=layer.weight.device, dtype=layer.weight.dtype)
         with torch.no_grad():
-            self.weight.copy_(layer.weight)  # type: ignore[attr-defined]
+            self.weight.copy_(layer.weight)
             if layer.bias is not None:
-                self.bias.copy_(layer.bias)  # type: ignore[attr-defined]
+                assert self.bias is not None  # built with bias=layer.bias is not None
+                self.bias.copy_(layer.bias)
         self._setup_quant(config)
         return self
 
@@ -284,6 +303,7 @@ class _QuantConvNd(_QuantMixin):
 
     in_channels: int
     _nd: int
+    _conv_forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # nn.Conv*d's
 
     def _check_input(self, x: torch.Tensor) -> None:
         nd = self._nd
@@ -294,7 +314,7 @@ class _QuantConvNd(_QuantMixin):
             )
 
     def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, w, None)  # type: ignore[attr-defined]
+        return self._conv_forward(x, w, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == self._nd + 1:  # unbatched input
@@ -303,7 +323,7 @@ class _QuantConvNd(_QuantMixin):
         return self._quant_forward(x)
 
     @classmethod
-    def _from_float(cls, layer: nn.Module, config: QATConfig):  # noqa: ANN206
+    def _from_float(cls, layer: nn.Conv1d | nn.Conv2d, config: QATConfig):  # noqa: ANN206
         q = cls(
             layer.in_channels,
             layer.out_channels,

@@ -13,12 +13,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol, cast
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from lowbit.errors import LowbitError
+from lowbit.formats import signed_range
 from lowbit.quantizers.hadamard import fwht
+from lowbit.quantizers.ste import round_ste
+
+__all__ = [
+    "ACT_BITS",
+    "InputTransform",
+    "check_act_bits",
+    "export",
+    "fake_quant_tokens",
+    "fp_activations",
+    "install",
+    "quantize_activations",
+    "registry",
+    "restore",
+    "round_ste",
+    "set_transform",
+    "transform_of",
+]
 
 ACT_BITS = (4, 8, 16)
 
@@ -31,16 +51,11 @@ def check_act_bits(bits: int) -> int:
     return bits
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round(x) with the straight-through gradient."""
-    return x + (torch.round(x) - x).detach()
-
-
 def fake_quant_tokens(x: torch.Tensor, bits: int, clip: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Symmetric per-token (last dim) dynamic quantize-dequantize; differentiable (STE) in x and clip."""
-    top = (1 << (bits - 1)) - 1
-    scale = (x.detach().abs().amax(dim=-1, keepdim=True) * clip / top).clamp_min(1e-8)
-    return torch.clamp(round_ste(x / scale), -top - 1, top) * scale
+    lo, hi = signed_range(bits)
+    scale = (x.detach().abs().amax(dim=-1, keepdim=True) * clip / hi).clamp_min(1e-8)
+    return torch.clamp(round_ste(x / scale), lo, hi) * scale
 
 
 @dataclass
@@ -68,12 +83,25 @@ class InputTransform:
         return {"bits": self.bits, "hadamard": self.hadamard, "clip": round(float(self.clip), 6)}
 
 
+class _WithRegistry(Protocol):
+    """A model carrying its input transforms (a plain attribute on the nn.Module, set by `registry`)."""
+
+    lowbit_inputs: dict[str, InputTransform]
+
+
+class _WithTransform(Protocol):
+    """A module with an installed input transform (plain attributes on the nn.Module, set by `install`)."""
+
+    _lowbit_input: InputTransform
+    _lowbit_input_hook: RemovableHandle
+
+
 def registry(model: nn.Module) -> dict[str, InputTransform]:
     """The model's input transforms by module name (created empty on first use)."""
-    reg = getattr(model, "lowbit_inputs", None)
+    reg: dict[str, InputTransform] | None = getattr(model, "lowbit_inputs", None)
     if reg is None:
         reg = {}
-        model.lowbit_inputs = reg  # type: ignore[assignment]
+        cast(_WithRegistry, model).lowbit_inputs = reg  # nn.Module's stubs only type Tensor/Module attributes
     return reg
 
 
@@ -87,8 +115,9 @@ def install(model: nn.Module, names: list[str] | None = None) -> None:
         old = getattr(mod, "_lowbit_input_hook", None)
         if old is not None:
             old.remove()
-        mod._lowbit_input = reg[name]  # type: ignore[assignment]
-        mod._lowbit_input_hook = mod.register_forward_pre_hook(reg[name])  # type: ignore[assignment]
+        slots = cast(_WithTransform, mod)  # nn.Module's stubs only type Tensor/Module attributes
+        slots._lowbit_input = reg[name]
+        slots._lowbit_input_hook = mod.register_forward_pre_hook(reg[name])
 
 
 def set_transform(model: nn.Module, name: str, bits: int | None = None, hadamard: bool | None = None,
