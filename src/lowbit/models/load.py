@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lowbit.data.text import Tokenizer
 from lowbit.errors import LowbitError, not_finite
 from lowbit.models.families import Family, family_for, family_of_model, supported_types
 
@@ -84,13 +85,13 @@ class Loaded:
     """A loaded model with its tokenizer, family and source directory."""
 
     model: nn.Module
-    tokenizer: object
+    tokenizer: Tokenizer
     family: Family
     path: Path
     config: dict
 
 
-def load_tokenizer(path: Path) -> object:
+def load_tokenizer(path: Path) -> Tokenizer:
     """The model's tokenizer via transformers, with a clear error if it cannot be loaded."""
     from transformers import AutoTokenizer
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +30,11 @@ from lowbit.ptq.registry import QuantResult, RunOptions, register_model
 from lowbit.quantizers import QuantizedWeight, WeightSpec, fp16_round
 from lowbit.quantizers.activation import fake_quant_tokens, fp_activations, transform_of
 from lowbit.quantizers.hadamard import fwht
+from lowbit.quantizers.ste import straight_through
 from lowbit.quantizers.weight import fit_weight
 
 ZETA, GAMMA = 1.1, -0.1
 CLIP_RANGE = (0.3, 1.0)
-
-
-def _ste(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    return x + (fn(x) - x).detach()
 
 
 class LearnedLinear(nn.Module):
@@ -80,7 +76,8 @@ class LearnedLinear(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """Current step sizes [rows, groups, 1], rounded to fp16 as stored (straight-through)."""
-        return _ste(self.s0 * torch.exp(self.log_s), fp16_round)
+        s = self.s0 * torch.exp(self.log_s)
+        return straight_through(s, fp16_round(s))
 
     def clip(self) -> torch.Tensor:
         """Learned activation clipping factor (scale = clip * max|x| / qmax per token)."""

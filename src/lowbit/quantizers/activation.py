@@ -28,15 +28,15 @@ __all__ = [
     "ACT_BITS",
     "InputTransform",
     "check_act_bits",
-    "export",
     "fake_quant_tokens",
     "fp_activations",
+    "from_json",
     "install",
     "quantize_activations",
     "registry",
-    "restore",
     "round_ste",
     "set_transform",
+    "to_json",
     "transform_of",
 ]
 
