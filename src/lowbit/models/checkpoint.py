@@ -166,7 +166,7 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
     for m in model.modules():  # packed buffers keep their own dtypes
         if isinstance(m, PackedLinear):
             m.scales = m.scales.to(torch.float16)
-    if not load_into(model, files):  # read tensor by tensor, like full-precision loading
+    if not load_into(model, files, fam.head):  # read tensor by tensor, like full-precision loading
         names = ", ".join(f.name for f in files)
         raise LowbitError(f"the weights ({names}) in {p} do not match config.json and {QUANT_FILE} (tensor names "
                           "or shapes differ); the checkpoint is damaged or was written by another tool")

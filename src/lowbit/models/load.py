@@ -138,7 +138,7 @@ def build_from_config(path: Path, kind: str, dtype: torch.dtype = torch.float32,
         return auto_class(kind).from_config(hf_config, dtype=dtype)
 
 
-def _load_streaming(kind: str, path: Path, dtype: torch.dtype, files: list[Path]) -> nn.Module | None:
+def _load_streaming(fam: Family, path: Path, dtype: torch.dtype, files: list[Path]) -> nn.Module | None:
     """Build the model from its config and read the weights in tensor by tensor (peak: model + one tensor).
 
     Returns None when the checkpoint's names or shapes do not match the model exactly (prefixed or renamed
@@ -146,8 +146,8 @@ def _load_streaming(kind: str, path: Path, dtype: torch.dtype, files: list[Path]
     """
     from lowbit.models.stream import load_into
 
-    model = build_from_config(path, kind, dtype)
-    if not load_into(model, files):
+    model = build_from_config(path, fam.kind, dtype)
+    if not load_into(model, files, fam.head):
         return None
     if hasattr(model, "tie_weights"):
         model.tie_weights()
@@ -167,7 +167,7 @@ def load_model(src: str | Path, dtype: torch.dtype = torch.float32, check: bool 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = _load_streaming(fam.kind, path, dtype, files) or auto_class(fam.kind).from_pretrained(
+            model = _load_streaming(fam, path, dtype, files) or auto_class(fam.kind).from_pretrained(
                 str(path), dtype=dtype, local_files_only=True)
     except Exception as e:
         raise LowbitError(f"cannot load the model in {path} ({type(e).__name__}: {str(e)[:300]})") from e

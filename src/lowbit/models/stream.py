@@ -50,13 +50,16 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, _read(f, path, name, base + start, end - start, DTYPES[info["dtype"]], info["shape"])
 
 
-def load_into(model: torch.nn.Module, files: list[Path]) -> bool:
-    """Copy the checkpoint's tensors into the model's state in place; False (nothing trusted) if keys differ."""
+def load_into(model: torch.nn.Module, files: list[Path], head: str | None = "lm_head.weight") -> bool:
+    """Copy the checkpoint's tensors into the model's state in place; False (nothing trusted) if keys differ.
+
+    `head` (the family's LM-head weight) may be missing from the files: tied checkpoints do not store it.
+    """
     state = model.state_dict()
     names: set[str] = set()
     for f in files:
         names |= set(_header(f)[1])
-    tied = {k for k in state if k not in names and k.endswith("lm_head.weight")}
+    tied = {k for k in state if k not in names and head is not None and k.endswith(head)}
     if names - set(state) or set(state) - names - tied:
         return False
     with torch.no_grad():
