@@ -8,16 +8,13 @@ v -> o when every attention head has its own value head). x W^T = (x / s) (W dia
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
+from lowbit.models import BlockInputs
 from lowbit.models.families import Family, block_family
 from lowbit.quantizers.activation import fp_activations, transform_of
-
-if TYPE_CHECKING:
-    from lowbit.models.capture import BlockInputs
 
 
 @dataclass(frozen=True)
@@ -87,17 +84,16 @@ class ChannelStats:
     sample: torch.Tensor  # [tokens, in] rows drawn at random (for AWQ's search)
 
 
-def input_stats(block: nn.Module, inputs: object, names: list[str], sample_tokens: int = 0,
+def input_stats(block: nn.Module, inputs: BlockInputs, names: list[str], sample_tokens: int = 0,
                 seed: int = 0) -> dict[str, ChannelStats]:
     """Statistics of the (full-precision) inputs of the named linear layers over one pass of the calibration data."""
-    calib = cast("BlockInputs", inputs)  # BlockInputs, or anything with its `hidden` and `run`
     mods = dict(block.named_modules())
     amax: dict[str, torch.Tensor] = {}
     asum: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
     samples: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     g = torch.Generator().manual_seed(seed)
-    per_batch = max(1, sample_tokens // max(1, len(calib.hidden))) if sample_tokens else 0
+    per_batch = max(1, sample_tokens // max(1, len(inputs.hidden))) if sample_tokens else 0
 
     def hook(name: str, x: torch.Tensor) -> None:
         x = x.detach().float().reshape(-1, x.shape[-1])
@@ -112,7 +108,7 @@ def input_stats(block: nn.Module, inputs: object, names: list[str], sample_token
     hooks = [mods[n].register_forward_hook(lambda _m, a, _o, n=n: hook(n, a[0])) for n in names]
     try:
         with fp_activations(block):
-            calib.run(block)
+            inputs.run(block)
     finally:
         for h in hooks:
             h.remove()
