@@ -13,6 +13,21 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node, except those under `if TYPE_CHECKING:` (imports for annotations only never run)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        for child in ast.iter_child_nodes(node):
+            test = child.test if isinstance(child, ast.If) else None
+            if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
+    return out
+
+
 def _imports() -> dict[str, set[str]]:
     """Every lowbit module -> the lowbit modules it imports anywhere in its code (lazy imports included)."""
     modules = {_module_name(p): p for p in SRC.rglob("*.py")}
@@ -20,7 +35,7 @@ def _imports() -> dict[str, set[str]]:
     for name, path in modules.items():
         deps: set[str] = set()
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
