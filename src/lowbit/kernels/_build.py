@@ -1,2 +1,2 @@
-"""Compatibility alias of lowbit.kernels.build."""
-from lowbit.kernels.build import _cpu_key, build_shared, cache_dir, compiler  # noqa: F401
+"""Compatibility alias: the build helper is lowbit.kernels.build."""
+from lowbit.kernels.build import build_shared, cache_dir, compiler  # noqa: F401
