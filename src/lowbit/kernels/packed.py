@@ -20,6 +20,11 @@ class PackedLinear(nn.Module):
     The module holds the storage (buffers, state dict, views of the weight); the compute is its backend's
     (`kernel`, a lowbit.kernels.backends.Backend built on the first forward)."""
 
+    qweight: torch.Tensor  # [out, packed_numel(in, bits)] uint8 codes (empty while "int4pack" holds them)
+    scales: torch.Tensor  # [rows, groups] fp16
+    qzeros: torch.Tensor  # [rows, packed_numel(groups, bits)] uint8 zero codes (asymmetric specs only)
+    bias: nn.Parameter | None
+
     def __init__(self, in_features: int, out_features: int, spec: WeightSpec, bias: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features, self.spec = in_features, out_features, spec
@@ -43,7 +48,7 @@ class PackedLinear(nn.Module):
         m.scales.copy_(q.scales.to(torch.float16))
         if not q.spec.symmetric:
             m.qzeros.copy_(pack(q.zeros.round().to(torch.uint8), q.spec.bits))
-        if m.bias is not None:
+        if m.bias is not None and bias is not None:
             m.bias.data.copy_(bias)
         return m
 
