@@ -66,10 +66,9 @@ def quantization_config(spec: WeightSpec, ignore: list[str]) -> dict:
 def module_tensors(name: str, m: PackedLinear) -> dict[str, torch.Tensor]:
     """The compressed-tensors tensors of one packed linear (its bias excluded)."""
     bits = m.spec.bits
-    if hasattr(m, "release"):
-        m.release()  # a kernel may have moved the codes out of `qweight`; restore the packed row layout
-    nbytes = m.qweight.shape[1]  # our uint8 rows are the same LSB-first bit stream: regroup them as int32 words
-    words = torch.nn.functional.pad(m.qweight, (0, (-nbytes) % 4)).contiguous().view(torch.int32)
+    rows = m.packed_rows() if hasattr(m, "packed_rows") else m.qweight  # canonical rows, whichever kernel holds them
+    nbytes = rows.shape[1]  # our uint8 rows are the same LSB-first bit stream: regroup them as int32 words
+    words = torch.nn.functional.pad(rows, (0, (-nbytes) % 4)).contiguous().view(torch.int32)
     out = {
         f"{name}.weight_packed": words[:, : (m.in_features * bits + 31) // 32].contiguous(),
         f"{name}.weight_scale": m.scales.to(torch.float16).contiguous(),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lowbit.kernels._build import build_shared, compiler
+from lowbit.kernels.build import build_shared, compiler
 
 __all__ = [
     "WORD_BITS",

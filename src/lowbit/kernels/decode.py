@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from lowbit.kernels.qlinear import FusedLinears, _get_lib, _scratch_matrix
+from lowbit.kernels.fused import FusedLinears
+from lowbit.kernels.lib import get_lib, scratch_matrix
 
 
 def norm_eps(norm: torch.nn.Module) -> float:
@@ -16,7 +17,7 @@ def norm_eps(norm: torch.nn.Module) -> float:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' RMSNorm: normalise in fp32, round to x's dtype, times the weight (bf16 or fp32, contiguous)."""
-    lib = _get_lib() if x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float32) else None
+    lib = get_lib() if x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float32) else None
     if lib is None:
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
     x = x.contiguous()
@@ -31,14 +32,14 @@ def attention_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, len
     caches of which the first `length` positions count; heads share KV heads in consecutive groups."""
     heads, dim = q.shape
     kv = keys.shape[0]
-    lib = _get_lib()
+    lib = get_lib()
     if lib is None:
         qg = q.view(kv, heads // kv, dim)
         att = torch.softmax(torch.matmul(qg, keys[:, :length].transpose(1, 2)) * scale, dim=-1)
         return torch.matmul(att, values[:, :length]).reshape(heads, dim)
     q = q.contiguous()
     out = torch.empty(heads, dim)
-    p = _scratch_matrix(1, length, torch.float32, "attn")
+    p = scratch_matrix(1, length, torch.float32, "attn")
     lib.lbq_attn1(q.data_ptr(), keys.data_ptr(), values.data_ptr(), heads, kv, keys.shape[1], length, dim, scale,
                   out.data_ptr(), p.data_ptr())
     return out
@@ -84,7 +85,7 @@ class FusedLayer:
         eps = [norm_eps(n) for n in (n1, n2)]
         if eps[0] != eps[1]:
             return None
-        return cls(_get_lib(), parts, (n1.weight.detach(), n2.weight.detach()), float(eps[0]), shape, inter, scale,
+        return cls(get_lib(), parts, (n1.weight.detach(), n2.weight.detach()), float(eps[0]), shape, inter, scale,
                    cap)
 
     def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,

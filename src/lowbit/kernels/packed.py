@@ -1,0 +1,124 @@
+"""PackedLinear: the packed storage of a low-bit linear layer (codes, fp16 scales, zero points, bias), which
+dispatches its forward to a compute backend (lowbit.kernels.backends; overview in lowbit.kernels.qlinear)."""
+
+from __future__ import annotations
+
+import os
+from typing import cast
+
+import torch
+from torch import nn
+
+from lowbit.formats import pack, packed_numel, unpack
+from lowbit.kernels.backends import Backend, choose_backend
+from lowbit.quantizers import QuantizedWeight, WeightSpec, dequantize_weight
+
+
+class PackedLinear(nn.Module):
+    """y = x W^T + b with W held as packed codes (uint8 words), fp16 scales and packed zero points.
+
+    The module holds the storage (buffers, state dict, views of the weight); the compute is its backend's
+    (`kernel`, a lowbit.kernels.backends.Backend built on the first forward)."""
+
+    qweight: torch.Tensor  # [out, packed_numel(in, bits)] uint8 codes (empty while "int4pack" holds them)
+    scales: torch.Tensor  # [rows, groups] fp16
+    qzeros: torch.Tensor  # [rows, packed_numel(groups, bits)] uint8 zero codes (asymmetric specs only)
+    bias: nn.Parameter | None
+
+    def __init__(self, in_features: int, out_features: int, spec: WeightSpec, bias: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.spec = in_features, out_features, spec
+        groups = 1 if spec.group_size <= 0 else spec.groups(in_features)
+        rows = 1 if spec.group_size == -1 else out_features
+        self.register_buffer("qweight", torch.zeros(out_features, packed_numel(in_features, spec.bits),
+                                                    dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(rows, groups, dtype=torch.float16))
+        if not spec.symmetric:
+            self.register_buffer("qzeros", torch.zeros(rows, packed_numel(groups, spec.bits), dtype=torch.uint8))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._kernel: Backend | None = None  # backend state, built on the first forward
+        self.kernel_choice: str | None = None  # set_kernel(); None: $LOWBIT_QLINEAR or auto
+
+    @classmethod
+    def from_quantized(cls, q: QuantizedWeight, bias: torch.Tensor | None = None) -> PackedLinear:
+        """Pack a QuantizedWeight (and optional bias) into a new module."""
+        out, inp = q.codes.shape
+        m = cls(inp, out, q.spec, bias is not None)
+        m.qweight.copy_(pack(q.codes, q.spec.bits))
+        m.scales.copy_(q.scales.to(torch.float16))
+        if not q.spec.symmetric:
+            m.qzeros.copy_(pack(q.zeros.round().to(torch.uint8), q.spec.bits))
+        if m.bias is not None and bias is not None:
+            m.bias.data.copy_(bias)
+        return m
+
+    # ------------------------------------------------------------------ views of the stored weight
+
+    def zeros(self) -> torch.Tensor:
+        """Zero points [rows, groups] as floats."""
+        if self.spec.symmetric:
+            return torch.full(self.scales.shape, float(1 << (self.spec.bits - 1)))
+        return unpack(self.qzeros, self.spec.bits, self.scales.shape[1]).float()
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked integer codes [out, in] (uint8), whichever layout holds them."""
+        held = None if self._kernel is None else self._kernel.codes(self)
+        return unpack(self.qweight, self.spec.bits, self.in_features) if held is None else held
+
+    def packed_rows(self) -> torch.Tensor:
+        """The packed codes [out, packed_numel(in, bits)] in the canonical row layout (what `qweight` holds on
+        disk), whichever backend holds them; for exporters. The active backend is kept."""
+        held = None if self._kernel is None else self._kernel.codes(self)
+        return self.qweight if held is None else pack(held, self.spec.bits)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight the packed buffers represent."""
+        return dequantize_weight(self.codes(), self.scales.float(), self.zeros(), torch.float32).to(dtype)
+
+    def storage_bits(self) -> int:
+        """Bits of packed weight, scales and zeros (the bias excluded)."""
+        n = self.out_features * packed_numel(self.in_features, self.spec.bits) * 8 + self.scales.numel() * 16
+        return n + (self.qzeros.numel() * 8 if not self.spec.symmetric else 0)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._kernel is not None and self._kernel.codes(self) is not None:  # canonical layout on disk
+            destination[prefix + "qweight"] = self.packed_rows()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kw: object) -> None:
+        self.release()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
+
+    # ------------------------------------------------------------------ kernels
+
+    @property
+    def kernel(self) -> Backend | None:
+        """The active backend state, or None before the first forward."""
+        return self._kernel
+
+    def backend(self) -> str | None:
+        """The active kernel ('c', 'c-int8', 'int4pack' or 'torch'), or None before the first forward."""
+        return None if self._kernel is None else self._kernel.name
+
+    def release(self) -> None:
+        """Drop the kernel state (restoring the packed row layout): the next forward prepares it again."""
+        if self._kernel is not None:
+            self._kernel.release(self)
+        self._kernel = None
+
+    def prepare(self, act_dtype: torch.dtype) -> str:
+        """Choose and build the kernel for activations of `act_dtype`; returns its name."""
+        want = (getattr(self, "kernel_choice", None) or os.environ.get("LOWBIT_QLINEAR", "auto")).lower()
+        self._kernel = choose_backend(self, act_dtype, want)
+        return self._kernel.name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = x W^T + b through the prepared kernel (decode) or a dequantized float matmul (prefill)."""
+        kern = self._kernel
+        if kern is None:
+            self.prepare(x.dtype)
+            kern = cast(Backend, self._kernel)
+        return kern.forward(self, x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.spec.describe()}"
