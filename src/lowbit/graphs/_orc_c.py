@@ -1,6 +1,6 @@
 """ctypes binding of csrc/orc_transport.c: exact ORC transport problems of all edges in one C call (threads).
 
-Built on first use with lowbit.kernels._build (cached per source, flags and CPU); without a C compiler, or
+Built on first use with lowbit.kernels.build (cached per source, flags and CPU); without a C compiler, or
 with LOWBIT_ORC_BACKEND=python, :func:`available` is False and the SciPy max-flow path is used instead.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.kernels._build import build_shared, compiler
+from lowbit.kernels.build import build_shared, compiler
 
 __all__ = ["available", "backend", "set_backend", "transport_costs", "build_library"]
 
