@@ -9,7 +9,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from lowbit.formats import pack, packed_numel, unpack
+from lowbit.formats import pack, packed_numel, symmetric_zero, unpack
 from lowbit.kernels.backends import Backend, choose_backend
 from lowbit.quantizers import QuantizedWeight, WeightSpec, dequantize_weight
 
@@ -57,7 +57,7 @@ class PackedLinear(nn.Module):
     def zeros(self) -> torch.Tensor:
         """Zero points [rows, groups] as floats."""
         if self.spec.symmetric:
-            return torch.full(self.scales.shape, float(1 << (self.spec.bits - 1)))
+            return torch.full(self.scales.shape, float(symmetric_zero(self.spec.bits)))
         return unpack(self.qzeros, self.spec.bits, self.scales.shape[1]).float()
 
     def codes(self) -> torch.Tensor:
