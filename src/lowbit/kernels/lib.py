@@ -14,7 +14,8 @@ from lowbit.kernels.build import build_shared, compiler
 
 CSRC = Path(__file__).with_name("csrc")
 GEMV_SOURCE = CSRC / "qgemv.c"  # self-contained: the packed GEMV/GEMM and dequantize kernels
-SOURCES = (GEMV_SOURCE, CSRC / "decode.c")  # one library: decode.c adds RMSNorm, attention and the decoder layer
+SOURCES = (CSRC / "decode.c",)  # one library, one translation unit: decode.c includes qgemv.c and adds RMSNorm,
+# attention and the decoder layer
 FLAGS = ["-O3", "-fPIC", "-shared", "-fno-strict-aliasing"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
