@@ -61,3 +61,19 @@ def test_two_sources_build_into_one_library(tmp_path, monkeypatch):
     assert build_shared([tmp_path / "a.c", tmp_path / "b.c"], compiler(), flags) != out
     single = build_shared(tmp_path / "a.c", compiler(), flags)  # one Path still works
     assert ctypes.CDLL(str(single)).one() == 1
+
+
+def test_a_file_included_by_an_included_file_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    """The library is decode.c, which includes qgemv.c, which includes qgemv.h: editing the header rebuilds."""
+    if compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "k.h").write_text("#define K 1\n")
+    (tmp_path / "k.c").write_text('#include "k.h"\nint k(void) { return K; }\n')
+    (tmp_path / "top.c").write_text('#include "k.c"\nint top(void) { return k() + 1; }\n')
+    flags = [["-O2", "-fPIC", "-shared"]]
+    out = build_shared(tmp_path / "top.c", compiler(), flags)
+    assert ctypes.CDLL(str(out)).top() == 2
+    (tmp_path / "k.h").write_text("#define K 5\n")
+    again = build_shared(tmp_path / "top.c", compiler(), flags)
+    assert again != out and ctypes.CDLL(str(again)).top() == 6

@@ -40,9 +40,19 @@ def _cpu_key() -> str:
 
 
 def _included(source: Path) -> list[Path]:
-    """The local headers `source` includes (#include "x.h" next to it), so that editing one rebuilds."""
-    names = re.findall(r'^\s*#\s*include\s+"([^"]+)"', source.read_text(errors="replace"), flags=re.M)
-    return [source.parent / n for n in names if (source.parent / n).is_file()]
+    """The local files `source` includes (#include "x.h" next to it), and those they include, so that editing
+    any of them rebuilds."""
+    found: list[Path] = []
+    todo = [source]
+    while todo:
+        f = todo.pop()
+        names = re.findall(r'^\s*#\s*include\s+"([^"]+)"', f.read_text(errors="replace"), flags=re.M)
+        for n in names:
+            p = f.parent / n
+            if p.is_file() and p not in found and p != source:
+                found.append(p)
+                todo.append(p)
+    return found
 
 
 def build_shared(source: Path | Sequence[Path], cc: str | None, variants: list[list[str]], native: bool = False,
