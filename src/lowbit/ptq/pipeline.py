@@ -51,7 +51,13 @@ def quantize(
             config.weight.groups(lin.in_features)
     if config.needs_calibration and (calib_tokens is None or calib_tokens.numel() == 0):
         raise ValueError(f"{config.method} needs calibration tokens")
-    options = RunOptions(batch_size, progress, on_block, before_block, after_block)
+    return apply(model, family, config, calib_tokens, RunOptions(batch_size, progress, on_block, before_block,
+                                                                 after_block))
+
+
+def apply(model: nn.Module, family: Family, config: MethodConfig, calib_tokens: torch.Tensor | None,
+          options: RunOptions) -> QuantResult:
+    """Run a validated config's handler: its whole-model handler, or its block handler inside `sequential`."""
     run = model_handler(config)
     if run is not None:
         return run(model, family, config, calib_tokens, options)

@@ -28,7 +28,7 @@ from torch import nn
 from lowbit.errors import LowbitError
 from lowbit.models import Family, block_linears
 from lowbit.ptq.config import METHODS, MethodConfig, RecipeConfig, Wrapping
-from lowbit.ptq.pipeline import quantize
+from lowbit.ptq.pipeline import apply
 from lowbit.ptq.registry import QuantResult, RunOptions, register_model
 from lowbit.quantizers import WeightSpec
 from lowbit.quantizers.activation import check_act_bits, quantize_activations
@@ -149,5 +149,4 @@ def run_recipe(model: nn.Module, family: Family, config: RecipeConfig, calib_tok
                options: RunOptions) -> QuantResult:
     """The model-level steps (rotation, activation and KV-cache quantizers), then the recipe's quantizer."""
     prepare(model, family, config, family.blocks_prefix(model))
-    return quantize(model, family, config.quantizer, calib_tokens, options.batch_size, options.progress,
-                    options.on_block, options.before_block, options.after_block)
+    return apply(model, family, config.quantizer, calib_tokens, options)  # validated by quantize() already
