@@ -21,7 +21,7 @@ class FusedLinears:
         self.sizes = [m.out_features for m in layers]
         kerns = [_c_state(m) for m in layers]
         first = layers[0]
-        self.k, self.groups, self.bits = first.in_features, kerns[0].scales.shape[1], first.spec.bits
+        self.k, self.groups, self.bits = first.kernel_k, kerns[0].scales.shape[1], first.spec.bits
         rows, off = [], 0
         for m, kern in zip(layers, kerns, strict=True):
             b = kern.bias32(m)
@@ -50,7 +50,7 @@ class FusedLinears:
             return None
         kerns = [_c_state(m) for m in packed]
         groups = kerns[0].scales.shape[1]
-        same = all(m.in_features == first.in_features and m.spec == first.spec and kern.scales.shape[1] == groups
+        same = all(m.kernel_k == first.kernel_k and m.spec == first.spec and kern.scales.shape[1] == groups
                    for m, kern in zip(packed, kerns, strict=True))
         if not same or dtype not in (torch.bfloat16, torch.float32):
             return None

@@ -54,6 +54,11 @@ class PackedLinear(nn.Module):
 
     # ------------------------------------------------------------------ views of the stored weight
 
+    @property
+    def kernel_k(self) -> int:
+        """The row width the backends see: in_features rounded up to whole groups (the codes' stored row)."""
+        return self.in_features
+
     def zeros(self) -> torch.Tensor:
         """Zero points [rows, groups] as floats."""
         if self.spec.symmetric:

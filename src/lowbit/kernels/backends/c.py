@@ -25,7 +25,7 @@ class CBackend(Backend):
     name = "c"
 
     def __init__(self, layer: PackedLinear, lib: ctypes.CDLL) -> None:
-        spec, k = layer.spec, layer.in_features
+        spec, k = layer.spec, layer.kernel_k
         rows, groups = layer.scales.shape
         glen = k // groups
         # the C kernels read the stored fp16 scales and uint8 zero codes (None: symmetric), no float copies
@@ -43,7 +43,7 @@ class CBackend(Backend):
     def fits(layer: PackedLinear) -> bool:
         """Whether the C kernels take this layout (groups of a multiple of 8 codes, or one group per row)."""
         groups = layer.scales.shape[1]
-        return (layer.in_features // groups) % 8 == 0 or groups == 1
+        return (layer.kernel_k // groups) % 8 == 0 or groups == 1
 
     def bias32(self, layer: PackedLinear) -> torch.Tensor | None:
         """The bias as fp32, cached with the kernel state."""
@@ -53,14 +53,14 @@ class CBackend(Backend):
         return self._bias32
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // layer.in_features
+        rows = x.numel() // layer.kernel_k
         if x.dtype not in FLOAT_DTYPES:
             bias = None if layer.bias is None else layer.bias.to(x.dtype)
             return nn.functional.linear(x, layer.dequantized_weight(x.dtype), bias)
         if rows > PREFILL_ROWS:
             bias = None if layer.bias is None else layer.bias.to(x.dtype)
             return nn.functional.linear(x, self.dequant(layer, x.dtype), bias)
-        x2 = x.reshape(rows, layer.in_features)
+        x2 = x.reshape(rows, layer.kernel_k)
         if self.q4bf16 and x.dtype == torch.bfloat16:
             return self._q4_bf16(layer, x2).reshape(*x.shape[:-1], layer.out_features)
         return self._gemm(layer, x2).to(x.dtype).reshape(*x.shape[:-1], layer.out_features)
@@ -69,7 +69,7 @@ class CBackend(Backend):
         """The float weight in a scratch buffer (bf16 or fp32; other dtypes through the reference)."""
         if dtype not in (torch.bfloat16, torch.float32):
             return layer.dequantized_weight(dtype)
-        n, k, s, qw = layer.out_features, layer.in_features, self.scales, layer.qweight
+        n, k, s, qw = layer.out_features, layer.kernel_k, self.scales, layer.qweight
         out = scratch_matrix(n, k, dtype)
         self.lib.lbq_set_threads(torch.get_num_threads())
         glen = k if s.shape[1] == 1 else k // s.shape[1]
@@ -78,7 +78,7 @@ class CBackend(Backend):
         return out
 
     def _gemm(self, layer: PackedLinear, x2: torch.Tensor) -> torch.Tensor:
-        k, s, z = layer.in_features, self.scales, self.zeros
+        k, s, z = layer.kernel_k, self.scales, self.zeros
         groups = s.shape[1]
         k8 = (k + 7) // 8 * 8
         xf = x2.float()
@@ -98,7 +98,7 @@ class CBackend(Backend):
 
     def _q4_bf16(self, layer: PackedLinear, x2: torch.Tensor) -> torch.Tensor:
         """Exact 4-bit decode for bf16 activations (csrc lbq_gemv_q4_bf16)."""
-        k, rows, s, qw = layer.in_features, x2.shape[0], self.scales, layer.qweight
+        k, rows, s, qw = layer.kernel_k, x2.shape[0], self.scales, layer.qweight
         groups = s.shape[1]
         bias = self.bias32(layer)
         xin = x2.contiguous()

@@ -27,16 +27,16 @@ class CInt8Backend(CBackend):
     @staticmethod
     def fits_int8(layer: PackedLinear, lib: ctypes.CDLL) -> bool:
         """Whether the int8-activation kernel takes this layout on this CPU (else "c" is used)."""
-        spec, k = layer.spec, layer.in_features
+        spec, k = layer.spec, layer.kernel_k
         groups = layer.scales.shape[1]
         gbytes = (k if groups == 1 else k // groups) * spec.bits // 8
         return (spec.bits in (2, 4, 8) and k % 8 == 0 and k * spec.bits // 8 % 64 == 0
                 and (gbytes % 64 == 0 or gbytes in (16, 32)) and has_vnni(lib))
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // layer.in_features
+        rows = x.numel() // layer.kernel_k
         if rows <= PREFILL_ROWS:
-            return self._int8(layer, x.reshape(rows, layer.in_features)).reshape(*x.shape[:-1], layer.out_features)
+            return self._int8(layer, x.reshape(rows, layer.kernel_k)).reshape(*x.shape[:-1], layer.out_features)
         return super().forward(layer, x)
 
     def _int8(self, layer: PackedLinear, x2: torch.Tensor) -> torch.Tensor:
@@ -44,14 +44,14 @@ class CInt8Backend(CBackend):
         args = self._args
         if args is None:  # everything but the activations, fixed once prepared
             s, qw = self.scales, layer.qweight
-            k, groups = layer.in_features, s.shape[1]
+            k, groups = layer.kernel_k, s.shape[1]
             bias = self.bias32(layer)
             args = self._args = (k, ptr(qw), layer.out_features, qw.shape[1], layer.spec.bits, k // groups, groups,
                                  ptr(s), ptr_or_none(self.zeros), self.per_row, None if bias is None else ptr(bias))
         rows = x2.shape[0]
         xin = x2 if x2.dtype in (torch.bfloat16, torch.float32) else x2.float()
         xin = xin.contiguous()
-        k, groups = layer.in_features, args[6]
+        k, groups = layer.kernel_k, args[6]
         base = scratch_ptr(rows * (k + 8 * groups), "i8")  # xq, then xs and xsum
         y = torch.empty(rows, layer.out_features, dtype=xin.dtype)
         is_bf16 = int(xin.dtype == torch.bfloat16)

@@ -39,7 +39,7 @@ class Int4PackBackend(Backend):
     def build(cls, layer: PackedLinear, act_dtype: torch.dtype) -> Int4PackBackend | None:
         """The int4 state for `layer`, or None where the layout, dtype or PyTorch build does not fit (nothing
         changed then). On success the codes move out of `layer.qweight` (see `release`)."""
-        n, k, spec = layer.out_features, layer.in_features, layer.spec
+        n, k, spec = layer.out_features, layer.kernel_k, layer.spec
         rows, groups = layer.scales.shape  # rows: out_features, or 1 for one range per tensor
         glen = k // groups
         # per-channel scales fit the int4 kernel by repeating them over groups of 128 (exactly the same weights)
@@ -61,19 +61,19 @@ class Int4PackBackend(Backend):
         return backend
 
     def codes(self, layer: PackedLinear) -> torch.Tensor:
-        return int4pack_unpack(self.w4, layer.out_features, layer.in_features)
+        return int4pack_unpack(self.w4, layer.out_features, layer.kernel_k)
 
     def release(self, layer: PackedLinear) -> None:
         layer.qweight = pack(self.codes(layer), layer.spec.bits)
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // layer.in_features
+        rows = x.numel() // layer.kernel_k
         bias = None if layer.bias is None else layer.bias.to(x.dtype)
         if x.dtype not in FLOAT_DTYPES:
             return nn.functional.linear(x, layer.dequantized_weight(x.dtype), bias)
         if rows > PREFILL_ROWS:
             return nn.functional.linear(x, self.dequant(layer, x.dtype), bias)
-        x2 = x.reshape(rows, layer.in_features)
+        x2 = x.reshape(rows, layer.kernel_k)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), self.w4, self.group,
                                                        self.sz)
         if bias is not None:
@@ -85,7 +85,7 @@ class Int4PackBackend(Backend):
         lib = get_lib()
         if lib is None or dtype != torch.bfloat16:
             return layer.dequantized_weight(dtype)
-        n, k, s = layer.out_features, layer.in_features, self.scales
+        n, k, s = layer.out_features, layer.kernel_k, self.scales
         out = scratch_matrix(n, k, dtype)
         lib.lbq_set_threads(torch.get_num_threads())
         lib.lbq_dequant_int4pack_bf16(ptr(self.w4), n, k, self.group, s.shape[1], ptr(s), ptr(self.zeros), ptr(out))
