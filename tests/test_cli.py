@@ -63,7 +63,7 @@ def test_bad_inputs(capsys, tiny_models, calib_file, tmp_path):
     _expect_error(capsys, [*q, tmp_path / "nope"], "no such directory", out)
     _expect_error(capsys, [*q, llama, "--bits", "9"], "bits must be an integer from 2 to 8", out)
     _expect_error(capsys, [*q, llama, "--bits", "1"], "bits must be an integer from 2 to 8", out)
-    _expect_error(capsys, [*q, llama, "--group-size", "48"], "does not divide the input dimension 64", out)
+    _expect_error(capsys, [*q, llama, "--group-size", "-64"], "group size must be positive", out)
     _expect_error(capsys, [*q, llama, "--method", "magic"], "unknown method 'magic'", out)
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")

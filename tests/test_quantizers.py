@@ -13,9 +13,17 @@ def test_bits_out_of_range(bits):
         WeightSpec(bits=bits)
 
 
-def test_group_size_must_divide():
-    with pytest.raises(LowbitError, match="does not divide the input dimension 96"):
-        quantize_weight(torch.randn(8, 96), WeightSpec(4, 64))
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_short_last_group_is_its_own_range(symmetric):
+    """96 columns in groups of 64: a whole group and one of 32, each quantized as if alone."""
+    w = torch.randn(8, 96)
+    q = quantize_weight(w, WeightSpec(4, 64, symmetric))
+    assert q.scales.shape == (8, 2) and q.codes.shape == (8, 96)
+    head = quantize_weight(w[:, :64], WeightSpec(4, 64, symmetric))
+    tail = quantize_weight(w[:, 64:], WeightSpec(4, 0, symmetric))
+    assert torch.equal(q.codes, torch.cat([head.codes, tail.codes], 1))
+    assert torch.equal(q.scales, torch.cat([head.scales, tail.scales], 1))
+    assert torch.equal(q.dequantize(), torch.cat([head.dequantize(), tail.dequantize()], 1))
 
 
 def test_nan_weights_rejected():

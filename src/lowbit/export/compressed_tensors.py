@@ -12,21 +12,24 @@ float linears such as lm_head ignored).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from lowbit.console import note
 from lowbit.errors import LowbitError
-from lowbit.export.source import ExportSource, note
+from lowbit.export.source import ExportSource
 from lowbit.files import atomic_output
 from lowbit.formats import pack
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.checkpoint import QUANT_FILE, copy_side_files
 from lowbit.models.stream import write_safetensors
-from lowbit.quantizers import WeightSpec
+from lowbit.quantizers import WeightSpec, expand_groups
 
 CT_FORMAT = "pack-quantized"
 
@@ -47,20 +50,37 @@ def strategy(spec: WeightSpec) -> str:
                       "quantize with a group size (e.g. --group-size 128) or per channel (--group-size 0)")
 
 
-def quantization_config(spec: WeightSpec, ignore: list[str]) -> dict:
-    """The `quantization_config` block of config.json for one weight spec applied to every targeted Linear."""
+def written_group(spec: WeightSpec, in_features: int) -> int:
+    """The group size a module of this width is written with: compressed-tensors needs groups that divide the
+    row, so a short last group is written as groups of gcd(group, width), each repeating its group's scale
+    (the same weights exactly)."""
+    g = spec.group_size
+    return g if g <= 0 or in_features % g == 0 else math.gcd(g, in_features)
+
+
+def quantization_config(spec: WeightSpec, ignore: list[str], regrouped: dict[int, list[str]] | None = None) -> dict:
+    """The `quantization_config` block of config.json for one weight spec applied to every targeted Linear;
+    `regrouped` maps a smaller group size to the modules written with it (listed by name before the "Linear"
+    group: exact names outrank it in compressed-tensors' matching, and converters take the first group)."""
+    groups = {f"group_{i}": _scheme(replace(spec, group_size=g), sorted(names))  # first: readers that take the
+              for i, (g, names) in enumerate(sorted((regrouped or {}).items()))}  # first group that matches
+    groups[f"group_{len(groups)}"] = _scheme(spec, ["Linear"])
+    return {
+        "quant_method": "compressed-tensors", "format": CT_FORMAT, "quantization_status": "compressed",
+        "config_groups": groups,
+        "ignore": sorted(ignore), "kv_cache_scheme": None, "global_compression_ratio": None,
+        "sparsity_config": {}, "transform_config": {},
+    }
+
+
+def _scheme(spec: WeightSpec, targets: list[str]) -> dict:
     weights = {
         "num_bits": spec.bits, "type": "int", "symmetric": spec.symmetric, "strategy": strategy(spec),
         "group_size": spec.group_size if spec.group_size > 0 else None, "dynamic": False,
         "observer": "mse" if spec.range == "mse" else "minmax", "actorder": None,
     }
-    return {
-        "quant_method": "compressed-tensors", "format": CT_FORMAT, "quantization_status": "compressed",
-        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
-                                      "output_activations": None, "format": CT_FORMAT}},
-        "ignore": sorted(ignore), "kv_cache_scheme": None, "global_compression_ratio": None,
-        "sparsity_config": {}, "transform_config": {},
-    }
+    return {"targets": targets, "weights": weights, "input_activations": None, "output_activations": None,
+            "format": CT_FORMAT}
 
 
 def module_tensors(name: str, m: PackedLinear) -> dict[str, torch.Tensor]:
@@ -71,19 +91,29 @@ def module_tensors(name: str, m: PackedLinear) -> dict[str, torch.Tensor]:
     words = torch.nn.functional.pad(rows, (0, (-nbytes) % 4)).contiguous().view(torch.int32)
     out = {
         f"{name}.weight_packed": words[:, : (m.in_features * bits + 31) // 32].contiguous(),
-        f"{name}.weight_scale": m.scales.to(torch.float16).contiguous(),
+        f"{name}.weight_scale": _regroup(m, m.scales.to(torch.float16)),
         f"{name}.weight_shape": torch.tensor([m.out_features, m.in_features], dtype=torch.int64),
     }
     if not m.spec.symmetric:
-        z = m.zeros().round().to(torch.uint8)  # [out, groups], unsigned like the codes
+        z = _regroup(m, m.zeros().round().to(torch.uint8))  # [out, groups], unsigned like the codes
         out[f"{name}.weight_zero_point"] = _words(z.t().contiguous(), bits).t().contiguous()
     return out
+
+
+def _regroup(m: PackedLinear, t: torch.Tensor) -> torch.Tensor:
+    """Per-group values [rows, groups] of `m` at the group size they are written with."""
+    g, glen = written_group(m.spec, m.in_features), m.spec.group_len(m.in_features)
+    if g <= 0 or g == glen:
+        return t.contiguous()
+    return expand_groups(t, glen // g, m.in_features // g).contiguous()
 
 
 def module_plan(name: str, m: nn.Module, spec: WeightSpec, dtype: torch.dtype) -> list[tuple[str, torch.dtype, tuple]]:
     """(name, dtype, shape) of every tensor `module_tensors` writes for the linear `m` in format `spec`, bias last."""
     out, inp, bits = m.out_features, m.in_features, spec.bits
     groups = spec.groups(inp) if spec.group_size > 0 else 1
+    if written_group(spec, inp) != spec.group_size:
+        groups = inp // written_group(spec, inp)
     plan = [(f"{name}.weight_packed", torch.int32, (out, (inp * bits + 31) // 32)),
             (f"{name}.weight_scale", torch.float16, (out, groups)), (f"{name}.weight_shape", torch.int64, (2,))]
     if not spec.symmetric:
@@ -126,7 +156,17 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
 
     ignore = [n for n in src.linear_names() if n not in packed_set]
     config = dict(src.config)
-    config["quantization_config"] = quantization_config(spec, ignore)
+    regrouped: dict[int, list[str]] = {}
+    for name in packed:
+        width = src.model.get_submodule(name).in_features
+        if written_group(spec, width) != spec.group_size:
+            regrouped.setdefault(written_group(spec, width), []).append(name)
+    for g, names in regrouped.items():
+        widths = sorted({src.model.get_submodule(n).in_features for n in names})
+        note(f"{len(names)} modules are {'/'.join(map(str, widths))} wide, not a multiple of group {spec.group_size}:"
+             f" written as groups of {g} (compressed-tensors needs groups that divide the row; each repeats its"
+             " group's scale, so the weights are the same)")
+    config["quantization_config"] = quantization_config(spec, ignore, regrouped)
     with atomic_output(out, directory=True) as tmp:
         copy_side_files(src.path, tmp, folders=False, exclude=(QUANT_FILE, "config.json"))
         write_safetensors(tmp / "model.safetensors", plan, tensors(), metadata={"format": "pt"})

@@ -24,13 +24,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lowbit.console import note
 from lowbit.errors import LowbitError
 from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_q4_k, quantize_q6_k
-from lowbit.export.source import ExportSource, note
+from lowbit.export.source import ExportSource
 from lowbit.files import atomic_output
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.families import GGUFNames
 from lowbit.models.families.llama import LLAMA_GGUF
+from lowbit.quantizers import expand_groups
 
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q4_0", "Q4_K", "Q4_K_M")
 # llama.cpp's LlamaFileType: MOSTLY_Q8_0, MOSTLY_Q6_K, MOSTLY_Q4_0, MOSTLY_Q4_K_S, MOSTLY_Q4_K_M
@@ -124,13 +126,13 @@ def carry_over(m: PackedLinear, kind: str) -> tuple[torch.Tensor, torch.Tensor] 
     g = m.spec.group_size
     if kind not in INT_RANGE or m.in_features % QK or (g > 0 and g % QK):
         return None
-    groups = m.scales.shape[1]
-    zeros = m.zeros().round().to(torch.int32).repeat_interleave(m.in_features // groups, dim=1)
+    k, glen = m.in_features, m.spec.group_len(m.in_features)  # groups of glen columns, the last maybe shorter
+    zeros = expand_groups(m.zeros().round().to(torch.int32), glen, k)
     x = m.codes().to(torch.int32) - zeros.expand(m.out_features, -1)
     lo, hi = INT_RANGE[kind]
     if int(x.min()) < lo or int(x.max()) > hi:
         return None
-    d = m.scales.repeat_interleave(m.in_features // QK // groups, dim=1).expand(m.out_features, -1)
+    d = expand_groups(m.scales, glen // QK, k // QK).expand(m.out_features, -1)
     return x, d.contiguous()
 
 

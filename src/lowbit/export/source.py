@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,11 +16,6 @@ from lowbit.models.checkpoint import install_packed, read_quant_config, spec_of,
 from lowbit.models.families import Family, block_linears
 from lowbit.models.stream import TensorIndex
 from lowbit.quantizers import WeightSpec, quantize_weight
-
-
-def note(msg: str) -> None:
-    """A console note on stderr (re-quantization, fallbacks): the user must know when codes were not carried over."""
-    print(f"lowbit: note: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -79,8 +79,8 @@ class FusedLayer:
         heads, kv_heads, head_dim = shape
         n1, n2 = norms
         hidden, inter = qkv.k, down_proj.in_features
-        if heads * head_dim != hidden or o.k != hidden or gate_up.sizes != [inter, inter] or head_dim % 2 \
-                or any(n.weight.dtype != torch.bfloat16 for n in (n1, n2)):
+        if heads * head_dim != hidden or o.k != hidden or down.k != inter or gate_up.sizes != [inter, inter] \
+                or head_dim % 2 or any(n.weight.dtype != torch.bfloat16 for n in (n1, n2)):
             return None
         eps = [norm_eps(n) for n in (n1, n2)]
         if eps[0] != eps[1]:

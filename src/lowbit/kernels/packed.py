@@ -20,7 +20,7 @@ class PackedLinear(nn.Module):
     The module holds the storage (buffers, state dict, views of the weight); the compute is its backend's
     (`kernel`, a lowbit.kernels.backends.Backend built on the first forward)."""
 
-    qweight: torch.Tensor  # [out, packed_numel(in, bits)] uint8 codes (empty while "int4pack" holds them)
+    qweight: torch.Tensor  # [out, packed_numel(kernel_k, bits)] uint8 codes (empty while "int4pack" holds them)
     scales: torch.Tensor  # [rows, groups] fp16
     qzeros: torch.Tensor  # [rows, packed_numel(groups, bits)] uint8 zero codes (asymmetric specs only)
     bias: nn.Parameter | None
@@ -28,9 +28,10 @@ class PackedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, spec: WeightSpec, bias: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features, self.spec = in_features, out_features, spec
-        groups = 1 if spec.group_size <= 0 else spec.groups(in_features)
+        groups = spec.groups(in_features)
         rows = 1 if spec.group_size == -1 else out_features
-        self.register_buffer("qweight", torch.zeros(out_features, packed_numel(in_features, spec.bits),
+        # a short last group is padded to a whole one in storage (codes of zero weight), and the input with zeros
+        self.register_buffer("qweight", torch.zeros(out_features, packed_numel(spec.padded(in_features), spec.bits),
                                                     dtype=torch.uint8))
         self.register_buffer("scales", torch.zeros(rows, groups, dtype=torch.float16))
         if not spec.symmetric:
@@ -44,7 +45,10 @@ class PackedLinear(nn.Module):
         """Pack a QuantizedWeight (and optional bias) into a new module."""
         out, inp = q.codes.shape
         m = cls(inp, out, q.spec, bias is not None)
-        m.qweight.copy_(pack(q.codes, q.spec.bits))
+        codes, pad = q.codes, m.kernel_k - inp
+        if pad:  # the padding of the short last group: its zero point (weight 0)
+            codes = torch.cat([codes, q.zeros[:, -1:].round().to(codes.dtype).expand(out, pad)], 1)
+        m.qweight.copy_(pack(codes, q.spec.bits))
         m.scales.copy_(q.scales.to(torch.float16))
         if not q.spec.symmetric:
             m.qzeros.copy_(pack(q.zeros.round().to(torch.uint8), q.spec.bits))
@@ -57,7 +61,7 @@ class PackedLinear(nn.Module):
     @property
     def kernel_k(self) -> int:
         """The row width the backends see: in_features rounded up to whole groups (the codes' stored row)."""
-        return self.in_features
+        return self.spec.padded(self.in_features)
 
     def zeros(self) -> torch.Tensor:
         """Zero points [rows, groups] as floats."""
@@ -66,23 +70,25 @@ class PackedLinear(nn.Module):
         return unpack(self.qzeros, self.spec.bits, self.scales.shape[1]).float()
 
     def codes(self) -> torch.Tensor:
-        """Unpacked integer codes [out, in] (uint8), whichever layout holds them."""
+        """Unpacked integer codes [out, in] (uint8), whichever layout holds them (the padding dropped)."""
         held = None if self._kernel is None else self._kernel.codes(self)
-        return unpack(self.qweight, self.spec.bits, self.in_features) if held is None else held
+        codes = unpack(self.qweight, self.spec.bits, self.kernel_k) if held is None else held
+        return codes if self.kernel_k == self.in_features else codes[:, : self.in_features].contiguous()
 
     def packed_rows(self) -> torch.Tensor:
-        """The packed codes [out, packed_numel(in, bits)] in the canonical row layout (what `qweight` holds on
-        disk), whichever backend holds them; for exporters. The active backend is kept."""
+        """The packed codes [out, packed_numel(kernel_k, bits)] in the canonical row layout (what `qweight` holds
+        on disk, a short last group padded), whichever backend holds them; for exporters. The backend is kept."""
         held = None if self._kernel is None else self._kernel.codes(self)
         return self.qweight if held is None else pack(held, self.spec.bits)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the packed buffers represent."""
-        return dequantize_weight(self.codes(), self.scales.float(), self.zeros(), torch.float32).to(dtype)
+        glen = self.spec.group_len(self.in_features)
+        return dequantize_weight(self.codes(), self.scales.float(), self.zeros(), torch.float32, glen).to(dtype)
 
     def storage_bits(self) -> int:
         """Bits of packed weight, scales and zeros (the bias excluded)."""
-        n = self.out_features * packed_numel(self.in_features, self.spec.bits) * 8 + self.scales.numel() * 16
+        n = self.out_features * packed_numel(self.kernel_k, self.spec.bits) * 8 + self.scales.numel() * 16
         return n + (self.qzeros.numel() * 8 if not self.spec.symmetric else 0)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
@@ -123,6 +129,8 @@ class PackedLinear(nn.Module):
         if kern is None:
             self.prepare(x.dtype)
             kern = cast(Backend, self._kernel)
+        if kern.padded_input and self.kernel_k != self.in_features:
+            x = nn.functional.pad(x, (0, self.kernel_k - self.in_features))
         return kern.forward(self, x)
 
     def extra_repr(self) -> str:

@@ -10,6 +10,8 @@ tokens, and clamp the weights to it. The inner method (RTN, or GPTQ) quantizes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -92,7 +94,12 @@ def search_scale(module: nn.Module, calls: list[tuple[tuple, dict, torch.Tensor]
 def search_clip(w: torch.Tensor, x: torch.Tensor, spec: WeightSpec, grid: int, max_shrink: float) -> torch.Tensor:
     """Per (row, group) clipping ratio minimising the output error of that group's slice; returns w clamped."""
     out, inp = w.shape
-    gs = inp if spec.group_size <= 0 else spec.group_size
+    gs = spec.group_len(inp)
+    full = inp // gs * gs
+    if full < inp:  # a short last group: searched on its own
+        head = search_clip(w[:, :full], x[:, :full], spec, grid, max_shrink) if full else w[:, :0]
+        tail = search_clip(w[:, full:], x[:, full:], replace(spec, group_size=0), grid, max_shrink)
+        return torch.cat([head, tail], 1)
     wg = w.float().reshape(out, inp // gs, gs)
     xg = x.float().T.reshape(inp // gs, gs, -1)  # [groups, gs, tokens]
     ref = torch.einsum("ogk,gkt->ogt", wg, xg)

@@ -61,13 +61,20 @@ class LearnedLinear(nn.Module):
             below = frac < level
             self.register_buffer("base", level - below.float())
             v0 = torch.where(below, 2.0, -2.0)
-        self.register_buffer("v0", v0.reshape(W.shape))
+        self.register_buffer("v0", self._ungrouped(v0))
         self.a1 = nn.Parameter(torch.zeros(W.shape[0], rank))
         self.a2 = nn.Parameter(torch.randn(rank, W.shape[1], generator=gen) * 0.1)
         self.log_clip = nn.Parameter(torch.zeros(())) if act_bits < 16 else None
 
     def _grouped(self, w: torch.Tensor) -> torch.Tensor:
-        return w.reshape(self.s0.shape[0], self.s0.shape[1], -1)
+        """[rows, groups, len] view of a weight-shaped tensor (a short last group padded with zeros)."""
+        pad = self.spec.padded(w.shape[1]) - w.shape[1]
+        return (F.pad(w, (0, pad)) if pad else w).reshape(self.s0.shape[0], self.s0.shape[1], -1)
+
+    def _ungrouped(self, g: torch.Tensor) -> torch.Tensor:
+        """The weight-shaped [out, in] tensor of a grouped one (padding dropped)."""
+        out, inp = self.w_fp.shape
+        return g.reshape(out, -1)[:, :inp]
 
     def h(self) -> torch.Tensor:
         """Soft rounding offsets in [0, 1] (AdaRound's rectified sigmoid of V0 + A1 A2)."""
@@ -96,7 +103,7 @@ class LearnedLinear(nn.Module):
     def weight_q(self, hard: bool = False) -> torch.Tensor:
         """The quantized (soft or hard-rounded) weight."""
         q, s = self._codes(hard)
-        return ((q - self.zero) * s).reshape(self.w_fp.shape)
+        return self._ungrouped((q - self.zero) * s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hadamard:
@@ -116,7 +123,7 @@ class LearnedLinear(nn.Module):
         """Hard-rounded codes with the learned fp16 step sizes."""
         with torch.no_grad():
             q, s = self._codes(hard=True)
-        return QuantizedWeight(q.reshape(self.w_fp.shape).to(torch.uint8), s.squeeze(-1), self.zero.squeeze(-1),
+        return QuantizedWeight(self._ungrouped(q).to(torch.uint8), s.squeeze(-1), self.zero.squeeze(-1),
                                self.spec)
 
 

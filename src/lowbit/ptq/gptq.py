@@ -12,7 +12,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.formats import dequantize, quantize
-from lowbit.quantizers import QuantizedWeight, WeightSpec, check_finite, fit_ranges
+from lowbit.quantizers import QuantizedWeight, WeightSpec, check_finite, fit_ranges, quantize_with
 
 
 class HessianAccumulator:
@@ -64,7 +64,7 @@ def gptq_quantize(
     check_finite(W)
     out, cols = W.shape
     n_groups = spec.groups(cols)
-    gs = cols if spec.group_size <= 0 else spec.group_size
+    gs = spec.group_len(cols)
     W = W.detach().clone().float()
     H = H.clone().float()
     dead = torch.diag(H) == 0
@@ -114,8 +114,6 @@ def gptq_quantize(
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
 
     Q = Q[:, pos_of]  # back to the original column order
-    gq = Q.reshape(out, -1, gs) if spec.group_size != -1 else Q.reshape(out, 1, -1)
-    codes = quantize(gq, scales.unsqueeze(-1), zeros.unsqueeze(-1), spec.bits).reshape(out, cols)
     if spec.group_size == -1:
         scales, zeros = scales[:1], zeros[:1]
-    return QuantizedWeight(codes, scales, zeros, spec)
+    return QuantizedWeight(quantize_with(Q, scales, zeros, spec), scales, zeros, spec)

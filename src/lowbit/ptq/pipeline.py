@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lowbit.console import note
 from lowbit.models import Family, block_linears, capture_block_inputs
 from lowbit.ptq.config import MethodConfig
 from lowbit.ptq.registry import (
@@ -46,9 +47,12 @@ def quantize(
     if not handled(config):
         raise TypeError(f"no handler for {type(config).__name__}")
     blocks = family.blocks(model)
-    for block in blocks:  # validate every layer before any work (group size must divide, weights finite)
-        for lin in block_linears(block).values():
-            config.weight.groups(lin.in_features)
+    spec = config.weight
+    short = sorted({lin.in_features for block in blocks for lin in block_linears(block).values()
+                    if spec.group_size > 0 and lin.in_features % spec.group_size})
+    if short:
+        note(f"group size {spec.group_size} does not divide the widths {', '.join(map(str, short))}: the last group "
+             f"of each row is shorter ({', '.join(str(w % spec.group_size) for w in short)} columns)")
     if config.needs_calibration and (calib_tokens is None or calib_tokens.numel() == 0):
         raise ValueError(f"{config.method} needs calibration tokens")
     return apply(model, family, config, calib_tokens, RunOptions(batch_size, progress, on_block, before_block,

@@ -5,11 +5,14 @@ from lowbit.quantizers.weight import (
     WeightSpec,
     check_finite,
     dequantize_weight,
+    expand_groups,
     fit_ranges,
     fp16_round,
     quantize_weight,
+    quantize_with,
 )
 
 __all__ = [
-    "QuantizedWeight", "WeightSpec", "check_finite", "dequantize_weight", "fit_ranges", "fp16_round", "quantize_weight",
+    "QuantizedWeight", "WeightSpec", "check_finite", "dequantize_weight", "expand_groups", "fit_ranges", "fp16_round",
+    "quantize_weight", "quantize_with",
 ]

@@ -32,28 +32,24 @@ class WeightSpec:
             raise LowbitError(f"group size must be positive, 0 (per channel) or -1 (per tensor), got {self.group_size}")
 
     def groups(self, in_features: int) -> int:
-        """Number of groups along the input dimension, checking that the group size divides it."""
+        """Number of groups along the input dimension (the last one is shorter where the size does not divide)."""
         if self.group_size <= 0:
             return 1
-        if in_features % self.group_size:
-            raise LowbitError(
-                f"group size {self.group_size} does not divide the input dimension {in_features}; "
-                f"choose a group size that divides it (e.g. {_divisor_hint(in_features)}) or 0 for per-channel"
-            )
-        return in_features // self.group_size
+        return -(-in_features // self.group_size)
+
+    def group_len(self, in_features: int) -> int:
+        """Columns per group (the whole row per channel or per tensor)."""
+        return in_features if self.group_size <= 0 else min(self.group_size, in_features)
+
+    def padded(self, in_features: int) -> int:
+        """The row width rounded up to whole groups (what packed storage and the kernels hold)."""
+        return self.groups(in_features) * self.group_len(in_features)
 
     def describe(self) -> str:
         """Short human name such as W4 g128 sym."""
         g = {0: "per-channel", -1: "per-tensor"}.get(self.group_size, f"g{self.group_size}")
         mse = " mse" if self.range == "mse" else ""
         return f"W{self.bits} {g} {'sym' if self.symmetric else 'asym'}{mse}"
-
-
-def _divisor_hint(n: int) -> int:
-    for g in (128, 64, 32, 16, 8):
-        if n % g == 0:
-            return g
-    return 0
 
 
 @dataclass
@@ -67,7 +63,7 @@ class QuantizedWeight:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Float weight [out, in] represented by the codes."""
-        return dequantize_weight(self.codes, self.scales, self.zeros, dtype)
+        return dequantize_weight(self.codes, self.scales, self.zeros, dtype, self.spec.group_len(self.codes.shape[1]))
 
     def split(self, sizes: list[int]) -> list[QuantizedWeight]:
         """Split along the output dimension (per-tensor ranges are shared by every part)."""
@@ -78,11 +74,20 @@ class QuantizedWeight:
                 for c, s, z in zip(cs, self.scales.split(sizes), self.zeros.split(sizes), strict=True)]
 
 
-def _grouped(w: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
+def _group_slices(w: torch.Tensor, spec: WeightSpec) -> list[torch.Tensor]:
+    """Views [rows, n, len] covering w [out, in] group by group: the whole groups, then the short last one."""
     out, inp = w.shape
     if spec.group_size == -1:
-        return w.reshape(1, 1, -1)
-    return w.reshape(out, spec.groups(inp), -1)
+        return [w.reshape(1, 1, -1)]
+    g = spec.group_len(inp)
+    full = inp // g * g
+    parts = [w[:, :full].reshape(out, -1, g)] if full else []
+    return parts + ([w[:, full:].reshape(out, 1, -1)] if full < inp else [])
+
+
+def expand_groups(t: torch.Tensor, group_len: int, cols: int) -> torch.Tensor:
+    """Per-group values [rows, groups] repeated over their columns: [rows, cols] (the last group may be short)."""
+    return t.repeat_interleave(group_len, dim=1)[:, :cols]
 
 
 def fp16_round(s: torch.Tensor) -> torch.Tensor:
@@ -119,8 +124,8 @@ def fit_ranges(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.T
 
 def fit_weight(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max scales and zeros [out, groups] (per-tensor: [1, 1]) for a weight [out, in]."""
-    s, z = fit_ranges(_grouped(w, spec), spec)
-    return s.squeeze(-1), z.squeeze(-1)
+    fits = [fit_ranges(part, spec) for part in _group_slices(w, spec)]
+    return torch.cat([s for s, _ in fits], 1).squeeze(-1), torch.cat([z for _, z in fits], 1).squeeze(-1)
 
 
 def quantize_weight(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:
@@ -129,17 +134,31 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:
         raise LowbitError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
     check_finite(w)
     scales, zeros = fit_weight(w, spec)
-    g = _grouped(w, spec)
-    codes = quantize(g, scales.unsqueeze(-1), zeros.unsqueeze(-1), spec.bits).reshape(w.shape)
-    return QuantizedWeight(codes, scales, zeros, spec)
+    return QuantizedWeight(quantize_with(w, scales, zeros, spec), scales, zeros, spec)
+
+
+def quantize_with(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
+    """Codes [out, in] of w on the given per-group scales and zeros [rows, groups]."""
+    glen = spec.group_len(w.shape[1])
+    if scales.numel() == 1:
+        return quantize(w, scales.reshape(1, 1), zeros.reshape(1, 1), spec.bits)
+    return quantize(w, expand_groups(scales, glen, w.shape[1]), expand_groups(zeros, glen, w.shape[1]), spec.bits)
 
 
 def dequantize_weight(
-    codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype = torch.float32
+    codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype = torch.float32,
+    group_len: int = 0,
 ) -> torch.Tensor:
-    """Float weight from codes [out, in] and scales/zeros [out, groups] (groups contiguous along `in`)."""
+    """Float weight from codes [out, in] and scales/zeros [out, groups] (groups of `group_len` contiguous columns
+    along `in`, the last one possibly shorter; 0: the groups divide `in` evenly)."""
     out, inp = codes.shape
     if scales.numel() == 1:
         return dequantize(codes, scales.to(dtype).reshape(1, 1), zeros.to(dtype).reshape(1, 1))
-    g = codes.reshape(out, scales.shape[1], -1)
-    return dequantize(g, scales.to(dtype).unsqueeze(-1), zeros.to(dtype).unsqueeze(-1)).reshape(out, inp)
+    groups = scales.shape[1]
+    if not group_len and inp % groups == 0 or group_len * groups == inp:
+        g = codes.reshape(out, groups, -1)
+        return dequantize(g, scales.to(dtype).unsqueeze(-1), zeros.to(dtype).unsqueeze(-1)).reshape(out, inp)
+    if not group_len:
+        raise LowbitError(f"{groups} groups do not divide {inp} columns: pass the group length")
+    s, z = (expand_groups(t.to(dtype), group_len, inp) for t in (scales, zeros))
+    return dequantize(codes, s, z)

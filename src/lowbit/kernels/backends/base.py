@@ -21,6 +21,7 @@ class Backend:
     if it moves the codes out of `layer.qweight` it must give them back through `codes` and `release`."""
 
     name: ClassVar[str] = ""
+    padded_input: ClassVar[bool] = True  # takes x [..., layer.kernel_k] (a short last group padded with zeros)
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
         """y = x W^T + b for activations x [..., in_features]."""
@@ -49,6 +50,7 @@ class ReferenceBackend(Backend):
     """"torch": dequantize to the activation dtype, then a float matmul; correct everywhere."""
 
     name = "torch"
+    padded_input = False  # works on x [..., in_features]
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
         bias = None if layer.bias is None else layer.bias.to(x.dtype)
