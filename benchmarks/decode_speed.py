@@ -1,7 +1,14 @@
 """Batch-1 decode and prefill speed of packed low-bit models against fp32 and bf16, timed interleaved.
 
 Usage: python benchmarks/decode_speed.py [--big DIR] [--big-w4 DIR] [--rounds 5] [--new-tokens 32]
-       [--prompt-tokens 128] [--llamacpp-python PY --gguf-q4_0 FILE [--gguf-q4_k FILE]]
+       [--prompt-tokens 128] [--shapes 1b,smollm2,gemma3] [--groups 128,64] [--levels native,avx2]
+       [--llamacpp-python PY --gguf-q4_0 FILE [--gguf-q4_k FILE]]
+
+Shapes (random weights, benchmarks/random_llama.py): "1b" (TinyLlama-1.1B), "smollm2" (SmolLM2-135M: 576/1536,
+30 layers, 9/3 heads, vocabulary 49152) and "gemma3" (Gemma 3 270M's sizes as a Llama: 640/2048, 18 layers,
+vocabulary 262144; 5 heads of 128 instead of 4 of 256, since the writer's q_proj is square). Levels: the W4
+variants run once per kernel level (lowbit.kernels.lib; "native" is the machine's, "avx2" on an AVX-512
+machine is a proxy for an AVX2-only CPU), interleaved in the same rounds; the first level keeps the plain names.
 
 Models: the bundled demo (6.8M Llama) and a ~1.1B Llama-shaped model with random weights (built with
 benchmarks/random_llama.py when --big is not given; quantized with RTN W4 g128 when --big-w4 is not given).
@@ -18,6 +25,7 @@ worker process, interleaved with ours. Ends by printing one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -31,12 +39,38 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its t
 import torch  # noqa: E402
 
 from lowbit import api  # noqa: E402
+from lowbit.kernels.lib import cpu_level  # noqa: E402
 from lowbit.kernels.qlinear import set_kernel  # noqa: E402
 from lowbit.models.checkpoint import load_with_tokenizer  # noqa: E402
 from lowbit.models.generate import generate, warm_up  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from random_llama import write_random_llama  # noqa: E402
+import random_llama  # noqa: E402
+
+random_llama.SHAPES.update({
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152),
+    "gemma3": dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=5,
+                   num_key_value_heads=1, vocab_size=262144),
+})
+SHAPE_LABEL = {"1b": "~1.1B Llama shape", "smollm2": "SmolLM2-135M shape", "gemma3": "Gemma-3-270M sizes"}
+
+
+@contextlib.contextmanager
+def at_level(level: str | None):
+    """Run the enclosed code with the kernels of `level` ("native" or None: the machine's)."""
+    old = os.environ.get("LOWBIT_CPU")
+    if level in (None, "native"):
+        os.environ.pop("LOWBIT_CPU", None)
+    else:
+        os.environ["LOWBIT_CPU"] = level
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LOWBIT_CPU", None)
+        else:
+            os.environ["LOWBIT_CPU"] = old
 
 LLAMACPP_WORKER = r"""
 import json, sys, time
@@ -91,7 +125,8 @@ def bench(variants: dict, ids: list[int], new: int, rounds: int, engine: str = "
             if isinstance(v, LlamaCpp):
                 p, d = v.run(ids, new)
             else:
-                g = generate(v.model, v.tokenizer, ids, new, stop_at_eos=False, engine=engine)
+                with at_level(LEVEL_OF.get(name)):
+                    g = generate(v.model, v.tokenizer, ids, new, stop_at_eos=False, engine=engine)
                 p, d = g.prefill_tokens_per_s, g.decode_tokens_per_s
             got[name]["prefill"].append(p)
             got[name]["decode"].append(d)
@@ -101,6 +136,13 @@ def bench(variants: dict, ids: list[int], new: int, rounds: int, engine: str = "
 
 
 KERNEL_OF = {"w4-int4pack": "int4pack", "w4-int8": "c-int8"}
+LEVEL_OF: dict[str, str] = {}  # variant name -> kernel level it runs at
+
+
+def kernel_of(name: str) -> str:
+    """The kernel a variant name asks for ("w4-int8g64@avx2" -> c-int8)."""
+    base = name.split("@")[0]
+    return next((k for pre, k in KERNEL_OF.items() if base.startswith(pre)), "auto")
 
 
 def run_set(label: str, dirs: dict[str, str], ids: list[int], new: int, rounds: int, extra: dict,
@@ -110,18 +152,19 @@ def run_set(label: str, dirs: dict[str, str], ids: list[int], new: int, rounds: 
     for name, d in dirs.items():
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
         variants[name] = load_with_tokenizer(d, dtype)
-        set_kernel(variants[name].model, KERNEL_OF.get(name, "auto"))
-        warm_up(variants[name].model)  # the packed kernels are chosen here
+        set_kernel(variants[name].model, kernel_of(name))
+        with at_level(LEVEL_OF.get(name)):
+            warm_up(variants[name].model)  # the packed kernels (and their level) are chosen here
     sizes = {k: model_bytes(v.model) for k, v in variants.items()}
     variants.update(extra)
     med = bench(variants, ids, new, rounds, engine)
     print(f"\n{label}: prompt {len(ids)} tokens, {new} new, {rounds} rounds, {torch.get_num_threads()} threads, "
           f"{engine} engine")
-    print(f"{'variant':>10}{'MB':>9}{'prefill tok/s':>15}{'decode tok/s':>14}{'dec/fp32':>10}{'dec/bf16':>10}"
+    print(f"{'variant':>16}{'MB':>9}{'prefill tok/s':>15}{'decode tok/s':>14}{'dec/fp32':>10}{'dec/bf16':>10}"
           f"{'pre/bf16':>10}")
     for k, m in med.items():
         mb = f"{sizes[k] / 1e6:9.1f}" if k in sizes else f"{'-':>9}"
-        print(f"{k:>10}{mb}{m['prefill']:15.1f}{m['decode']:14.2f}{m['decode'] / med['fp32']['decode']:10.2f}"
+        print(f"{k:>16}{mb}{m['prefill']:15.1f}{m['decode']:14.2f}{m['decode'] / med['fp32']['decode']:10.2f}"
               f"{m['decode'] / med['bf16']['decode']:10.2f}{m['prefill'] / med['bf16']['prefill']:10.2f}")
     return {"median": med, "model_mb": {k: v / 1e6 for k, v in sizes.items()}}
 
@@ -143,6 +186,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--engine", default="auto", choices=["auto", "lean", "transformers"])
+    ap.add_argument("--shapes", default="1b", help="random-weight shapes: 1b, smollm2, gemma3 (comma list)")
+    ap.add_argument("--groups", default="128", help="W4 group sizes of the big shapes (comma list)")
+    ap.add_argument("--levels", default="native", help="kernel levels of the W4 variants, e.g. native,avx2")
+    ap.add_argument("--int4pack", action="store_true", help="also time PyTorch's int4 kernel (w4-int4pack)")
     ap.add_argument("--llamacpp-python", help="python executable with llama_cpp installed")
     ap.add_argument("--gguf-q4_0", help="GGUF Q4_0 file of the big model (for llama.cpp)")
     ap.add_argument("--gguf-q4_k", help="GGUF Q4_K file of the big model (for llama.cpp)")
@@ -159,37 +206,45 @@ def main() -> None:
                 "w8g128": quantized("demo", tmp, "w8", 8, 128), "w3g128": quantized("demo", tmp, "w3", 3, 128),
                 "w2g64": quantized("demo", tmp, "w2", 2, 64)}
         res["demo"] = run_set("demo (6.8M Llama)", demo, ids, a.new_tokens, a.rounds, {}, a.engine)
-    big = a.big
-    if big is None:
-        big = str(tmp / "big")
-        write_random_llama(Path(big), "1b")
-    big_w4 = a.big_w4 or quantized(big, tmp, "big-w4", 4, 128)
     extra = {}
     if a.llamacpp_python:
         for key, f in (("llamacpp_q4_0", a.gguf_q4_0), ("llamacpp_q4_k", a.gguf_q4_k)):
             if f:
                 extra[key] = LlamaCpp(a.llamacpp_python, f, a.prompt_tokens + a.new_tokens + 8, a.threads)
+    levels = a.levels.split(",")
+    res["levels"] = {lv: (cpu_level() if lv == "native" else lv) for lv in levels}
     try:
-        res["big"] = run_set("~1.1B Llama shape (random weights)", {"fp32": big, "bf16": big, "w4g128": big_w4,
-                                                                      "w4-int8": big_w4, "w4-int4pack": big_w4},
-                             ids, a.new_tokens, a.rounds, extra, a.engine)
+        for shape in a.shapes.split(","):
+            src = a.big if (shape == "1b" and a.big) else str(tmp / shape)
+            if not Path(src).exists():
+                random_llama.write_random_llama(Path(src), shape)
+            dirs = {"fp32": src, "bf16": src}
+            for i, lv in enumerate(levels):
+                tag = "" if i == 0 else f"@{lv}"
+                for g in (int(x) for x in a.groups.split(",")):
+                    given = a.big_w4 if (shape == "1b" and g == 128) else None
+                    ck = given or quantized(src, tmp, f"{shape}-w4g{g}", 4, g)
+                    for name in (f"w4g{g}{tag}", f"w4-int8g{g}{tag}") + ((f"w4-int4packg{g}{tag}",) if a.int4pack
+                                                                       else ()):
+                        dirs[name] = ck
+                        LEVEL_OF[name] = lv
+            res[shape] = run_set(f"{SHAPE_LABEL[shape]} (random weights)", dirs, ids, a.new_tokens, a.rounds,
+                                 extra if shape == "1b" else {}, a.engine)
     finally:
         for w in extra.values():
             w.close()
     head = {}
-    for s in ("demo", "big"):
-        if s in res:
-            m = res[s]["median"]
-            head[f"{s}_w4_decode_vs_fp32"] = m["w4g128"]["decode"] / m["fp32"]["decode"]
-            head[f"{s}_w4_decode_vs_bf16"] = m["w4g128"]["decode"] / m["bf16"]["decode"]
-            head[f"{s}_w4_prefill_vs_bf16"] = m["w4g128"]["prefill"] / m["bf16"]["prefill"]
-            head[f"{s}_w4_decode_tok_s"] = m["w4g128"]["decode"]
-            head[f"{s}_w4int8_decode_vs_fp32"] = m["w4-int8"]["decode"] / m["fp32"]["decode"]
-            head[f"{s}_w4int8_decode_tok_s"] = m["w4-int8"]["decode"]
-            for k in ("llamacpp_q4_0", "llamacpp_q4_k"):
-                if k in m:
-                    head[f"{s}_w4_decode_vs_{k}"] = m["w4g128"]["decode"] / m[k]["decode"]
-                    head[f"{s}_w4int8_decode_vs_{k}"] = m["w4-int8"]["decode"] / m[k]["decode"]
+    for s in res:
+        if not isinstance(res[s], dict) or "median" not in res[s]:
+            continue
+        m = res[s]["median"]
+        for name in m:
+            if name.startswith("w4"):
+                head[f"{s}_{name}_decode_vs_fp32"] = round(m[name]["decode"] / m["fp32"]["decode"], 3)
+                head[f"{s}_{name}_prefill_vs_bf16"] = round(m[name]["prefill"] / m["bf16"]["prefill"], 3)
+                for k in ("llamacpp_q4_0", "llamacpp_q4_k"):
+                    if k in m:
+                        head[f"{s}_{name}_decode_vs_{k}"] = round(m[name]["decode"] / m[k]["decode"], 3)
     print(json.dumps({**head, **res}, default=float))
 
 

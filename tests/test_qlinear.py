@@ -34,6 +34,10 @@ def test_kernels_match_dequantized_matmul(bits, group, sym, rows, backend, monke
 
 
 def test_backends_chosen_and_state_dict_round_trip(monkeypatch):
+    from lowbit.kernels.backends.int4pack import torch_int4_layout
+
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") or torch_int4_layout() is None:
+        pytest.skip("this PyTorch has no CPU int4 kernel of a known layout")
     monkeypatch.setenv("LOWBIT_QLINEAR", "int4pack")
     m = _layer(4, 128, True)
     codes = m.codes().clone()
@@ -75,7 +79,7 @@ def test_int8_activation_kernel_equals_its_simulation(bits, group, sym, rows):
     x[:, 3] *= 10
     y = m(x)
     if m.backend() != "c-int8":
-        pytest.skip("no AVX-512 VNNI on this CPU: c-int8 falls back to the exact kernel")
+        pytest.skip("no C compiler: c-int8 falls back to the reference")
     glen = k if group == -1 else group
     xg = x.view(rows, -1, glen)
     sx = xg.abs().amax(-1, keepdim=True) / 127

@@ -16,7 +16,7 @@ def _backends():
     names = ["torch"]
     if B.backend() != "torch":
         names += ["c-generic"]
-        for lvl in ("c-popcnt", "c-avx512-vpopcntdq"):
+        for lvl in ("c-popcnt", "c-avx2", "c-avx512-vpopcntdq"):
             try:
                 with B.use_backend(lvl):
                     names.append(lvl)

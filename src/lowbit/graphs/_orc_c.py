@@ -1,6 +1,7 @@
 """ctypes binding of csrc/orc_transport.c: exact ORC transport problems of all edges in one C call (threads).
 
-Built on first use with lowbit.kernels.build (cached per source, flags and CPU); without a C compiler, or
+Built on first use with lowbit.kernels.build, with the fixed flags of the CPU level in use
+(lowbit.kernels.lib.cpu_level(), never -march=native, so the cache is valid on any machine); without a C compiler, or
 with LOWBIT_ORC_BACKEND=python, :func:`available` is False and the SciPy max-flow path is used instead.
 """
 
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.kernels.build import build_shared, compiler
+from lowbit.kernels.lib import LEVEL_FLAGS, cpu_level
 
 __all__ = ["available", "backend", "set_backend", "transport_costs", "build_library"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "orc_transport.c"
-_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing"]
+_FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing"]
 _SERIAL_PAIRS = 50_000  # below this much work (sum of deg u * deg v) one thread is faster than starting more
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -29,8 +31,8 @@ _forced: str | None = None
 
 def build_library(force: bool = False) -> Path:
     """Compile orc_transport.c into the kernel cache and return its path."""
-    variants = [_FLAGS, [f for f in _FLAGS if f != "-march=native"]]
-    return build_shared(_SOURCE, compiler(), variants, native=True, force=force)
+    variants = [_FLAGS + LEVEL_FLAGS[cpu_level()], _FLAGS]
+    return build_shared(_SOURCE, compiler(), variants, force=force)
 
 
 def _load() -> ctypes.CDLL | None:

@@ -6,8 +6,9 @@ For two packed rows the +-1 dot product is exact: ``dot = K - 2 * popcount(a XOR
 
 The fast path is a small C library (``csrc/binary_gemm.c``) built on first use with the system C
 compiler into a per-user cache directory keyed by a hash of the source and flags, then loaded with
-ctypes.  It dispatches at run time between AVX-512 VPOPCNTDQ, scalar POPCNT and generic C, so one
-build runs on any x86-64 (and other) CPU.  Without a compiler a pure-PyTorch implementation gives
+ctypes.  It dispatches at run time between AVX-512 VPOPCNTDQ, AVX2 (vpshufb nibble lookup), scalar POPCNT and
+generic C, so one build runs on any x86-64 (and other) CPU; ``LOWBIT_CPU=avx2|generic`` caps the automatic
+choice as it does for the packed-linear kernels.  Without a compiler a pure-PyTorch implementation gives
 the same integers, more slowly, and a warning says so.
 
 Environment variables: ``LOWBIT_BINARY_BACKEND=torch`` forces the PyTorch path, ``LOWBIT_CACHE_DIR``
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from lowbit.kernels.build import build_shared, compiler
+from lowbit.kernels.lib import cpu_level
 
 __all__ = [
     "WORD_BITS",
@@ -47,7 +49,8 @@ __all__ = [
 WORD_BITS = 64
 _SOURCE = Path(__file__).with_name("csrc") / "binary_gemm.c"
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-strict-aliasing"]
-_LEVEL_NAMES = {0: "c-generic", 1: "c-popcnt", 2: "c-avx512-vpopcntdq"}
+_LEVEL_NAMES = {0: "c-generic", 1: "c-popcnt", 2: "c-avx2", 3: "c-avx512-vpopcntdq"}
+_CAP = {"generic": 0, "avx2": 2, "avx512": 3}  # the highest binary level each $LOWBIT_CPU level allows
 _NAME_TO_LEVEL = {v: k for k, v in _LEVEL_NAMES.items()}
 _BACKENDS = ("auto", "torch", *_LEVEL_NAMES.values())
 
@@ -105,7 +108,7 @@ def _get_lib() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(build_library()))
             _declare(lib)
-            lib.lb_set_level(-1)
+            lib.lb_set_level(_auto_level(lib))
             lib.lb_set_threads(torch.get_num_threads())
             _lib = lib
         except (RuntimeError, OSError) as exc:
@@ -118,8 +121,13 @@ def _get_lib() -> ctypes.CDLL | None:
     return _lib
 
 
+def _auto_level(lib: ctypes.CDLL) -> int:
+    """The best level the CPU runs, capped by $LOWBIT_CPU."""
+    return min(int(lib.lb_cpu_level()), _CAP[cpu_level()])
+
+
 def backend() -> str:
-    """Name of the active implementation: 'c-avx512-vpopcntdq', 'c-popcnt', 'c-generic' or 'torch'."""
+    """Name of the active implementation: 'c-avx512-vpopcntdq', 'c-avx2', 'c-popcnt', 'c-generic' or 'torch'."""
     lib = None if _forced == "torch" else _get_lib()
     if lib is None:
         return "torch"
@@ -127,7 +135,7 @@ def backend() -> str:
 
 
 def set_backend(name: str = "auto") -> str:
-    """Select an implementation ('auto', 'torch', 'c-generic', 'c-popcnt', 'c-avx512-vpopcntdq').
+    """Select an implementation ('auto', 'torch', 'c-generic', 'c-popcnt', 'c-avx2', 'c-avx512-vpopcntdq').
 
     A C level the CPU lacks raises ValueError. Returns the backend now active.
     """
@@ -145,11 +153,11 @@ def set_backend(name: str = "auto") -> str:
         return backend()
     _forced = None
     if name == "auto":
-        lib.lb_set_level(-1)
+        lib.lb_set_level(_auto_level(lib))
     else:
         want = _NAME_TO_LEVEL[name]
         if lib.lb_set_level(want) != want:
-            lib.lb_set_level(-1)
+            lib.lb_set_level(_auto_level(lib))
             raise ValueError(f"this CPU does not support backend {name!r} (best: {backend()})")
     return backend()
 

@@ -58,7 +58,8 @@ def _included(source: Path) -> list[Path]:
 def build_shared(source: Path | Sequence[Path], cc: str | None, variants: list[list[str]], native: bool = False,
                  force: bool = False) -> Path:
     """Compile `source` (one C file, or several linked into one library, named after the first) with the first
-    flag variant that works; cached by a hash of the sources, the local headers they include, flags and CPU."""
+    flag variant that works; cached by a hash of the sources, the local headers they include and the flags, and
+    by the CPU's model and flags too when `native` or a variant uses -march=native (only valid on that CPU)."""
     if cc is None:
         raise RuntimeError("no C compiler found (tried $CC, gcc, cc, clang); install gcc or set CC")
     sources = [source] if isinstance(source, Path) else list(source)
@@ -71,7 +72,7 @@ def build_shared(source: Path | Sequence[Path], cc: str | None, variants: list[l
     errors = []
     stem = sources[0].stem
     for flags in variants:
-        tag = " ".join([cc, *flags, sys.platform, _cpu_key() if native else ""])
+        tag = " ".join([cc, *flags, sys.platform, _cpu_key() if native or "-march=native" in flags else ""])
         key = hashlib.sha256(text + tag.encode()).hexdigest()[:16]
         out = cache_dir() / f"{stem}_{key}.so"
         if out.is_file() and not force:

@@ -60,7 +60,7 @@ class FusedLayer:
         self.mode, self.bits = qkv.mode, qkv.bits
         n_q, n_kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         halves = hidden + n_q + 2 * n_kv + hidden + 3 * inter + hidden + inter
-        nbytes = 2 * halves + 4 * (2 * n_q + cap) + 2 * max(hidden, inter) + 8 * max(qkv.groups, down.groups) + 64
+        nbytes = 2 * halves + 4 * (2 * n_q + cap) + 4 * max(hidden, inter) + 8 * max(qkv.groups, down.groups) + 64
         self.scratch = torch.empty(nbytes, dtype=torch.int8)
 
     @classmethod

@@ -69,7 +69,7 @@ class FusedLinears:
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
         y = torch.empty(1, self.total, dtype=self.dtype)
-        scratch = scratch_ptr(2 * self.k + 8 * self.groups, "multi")
+        scratch = scratch_ptr(4 * self.k + 8 * self.groups, "multi")
         self.lib.lbq_multi(self.desc_ptr, self.n, x.data_ptr(), self.bf, self.k, self.bits, self.glen, self.groups,
                            self.mode, y.data_ptr(), self.bf, scratch, torch.get_num_threads())
         return y.split(self.sizes, dim=1)

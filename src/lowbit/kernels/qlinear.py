@@ -2,12 +2,12 @@
 
 Four ways to compute (lowbit.kernels.backends), picked on the first forward by `choose_backend` (`backend()`
 says which, `LOWBIT_QLINEAR=...` or `set_kernel` forces one):
-- "c" (default): our C kernel (csrc/qgemv.c, built on first use with -march=native) reads the packed rows
-  directly: a group-wise GEMV for decode (2-8 bits, AVX-512 for 2/3/4/8, fp32 arithmetic) and a vectorised
-  dequantize (to bf16 or fp32) for prefill. Measured here it is faster than PyTorch's int4 kernel.
-- "c-int8" (opt-in): the C kernel with activations rounded to int8 per group for decode (2/4/8 bits, AVX-512
-  VNNI integer dot products, as llama.cpp does with its Q8 activations); not exact (about 0.2-0.5% relative
-  error per output), several times faster. Falls back to "c" where the layout or the CPU does not fit.
+- "c" (default): our C kernel (csrc/qgemv.c, built on first use for the CPU level in use: AVX-512, AVX2 or
+  portable C, see lowbit.kernels.lib) reads the packed rows directly: a group-wise GEMV for decode (2-8 bits,
+  SIMD for 2/3/4/8, fp32 arithmetic) and a vectorised dequantize (to bf16 or fp32) for prefill.
+- "c-int8" (opt-in): the C kernel with activations rounded to int8 per group for decode (2/4/8 bits, integer
+  dot products: AVX-512 VNNI, AVX2 vpmaddubsw, or C; as llama.cpp does with its Q8 activations); not exact
+  (about 0.2-0.5% relative error per output), faster. Falls back to "c" where the layout does not fit.
 - "int4pack" (opt-in): 4-bit weights with bf16 activations use PyTorch's CPU int4 kernel
   (`aten._weight_int4pack_mm_for_cpu`); the codes are then held only in that kernel's layout.
 - "torch": the reference, correct everywhere: dequantize to the activation dtype, then a float matmul.

@@ -33,7 +33,7 @@ class CBackend(Backend):
         self.scales = layer.scales.to(torch.float16).contiguous()
         self.zeros = None if spec.symmetric else unpack(layer.qzeros, spec.bits, groups).contiguous()
         self.per_row = int(rows == layer.out_features)
-        # 4-bit with bf16 activations: exact bf16 dot products (vdpbf16ps) instead of float unpacking
+        # 4-bit with bf16 activations: exact products (vdpbf16ps, or FMA of the widened values), fusable
         self.q4bf16 = bool(spec.bits == 4 and k % 128 == 0 and (k if groups == 1 else glen) % 128 == 0
                            and has_q4bf16(lib))
         self._bias32: torch.Tensor | None = None
@@ -102,9 +102,9 @@ class CBackend(Backend):
         groups = s.shape[1]
         bias = self.bias32(layer)
         xin = x2.contiguous()
-        base = scratch_ptr(rows * (2 * k + 4 * groups), "q4")  # permuted x, then sums
+        base = scratch_ptr(rows * (4 * k + 4 * groups), "q4")  # prepared x (bf16 or fp32), then sums
         y = torch.empty(rows, layer.out_features, dtype=torch.bfloat16)
         self.lib.lbq_gemv_q4_bf16(ptr(xin), rows, k, ptr(qw), layer.out_features, qw.shape[1], k // groups, groups,
                                   ptr(s), ptr_or_none(self.zeros), self.per_row, None if bias is None else ptr(bias),
-                                  ptr(y), 1, base, base + rows * 2 * k, torch.get_num_threads())
+                                  ptr(y), 1, base, base + rows * 4 * k, torch.get_num_threads())
         return y

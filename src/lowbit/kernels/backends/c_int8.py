@@ -1,4 +1,5 @@
-"""The "c-int8" backend: the C kernels with activations rounded to int8 per group for decode (AVX-512 VNNI)."""
+"""The "c-int8" backend: the C kernels with activations rounded to int8 per group for decode (integer dot products:
+AVX-512 VNNI, AVX2 vpmaddubsw, or portable C)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from lowbit.kernels.backends.base import PREFILL_ROWS
 from lowbit.kernels.backends.c import CBackend
-from lowbit.kernels.lib import has_vnni, ptr, ptr_or_none, scratch_ptr
+from lowbit.kernels.lib import has_int8, ptr, ptr_or_none, scratch_ptr
 
 if TYPE_CHECKING:
     from lowbit.kernels.packed import PackedLinear
@@ -26,12 +27,12 @@ class CInt8Backend(CBackend):
 
     @staticmethod
     def fits_int8(layer: PackedLinear, lib: ctypes.CDLL) -> bool:
-        """Whether the int8-activation kernel takes this layout on this CPU (else "c" is used)."""
+        """Whether the int8-activation kernel takes this layout (else "c" is used)."""
         spec, k = layer.spec, layer.kernel_k
         groups = layer.scales.shape[1]
         gbytes = (k if groups == 1 else k // groups) * spec.bits // 8
         return (spec.bits in (2, 4, 8) and k % 8 == 0 and k * spec.bits // 8 % 64 == 0
-                and (gbytes % 64 == 0 or gbytes in (16, 32)) and has_vnni(lib))
+                and (gbytes % 64 == 0 or gbytes in (16, 32)) and has_int8(lib))
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // layer.kernel_k

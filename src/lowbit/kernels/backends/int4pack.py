@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -16,13 +16,39 @@ if TYPE_CHECKING:
     from lowbit.kernels.packed import PackedLinear
 
 INT4_GROUPS = (32, 64, 128, 256)
+# torch's CPU int4 layouts, which follow the level torch's own kernels run at (ATEN_CPU_CAPABILITY): rows in
+# blocks of `block`, per block and k block/2 bytes; byte j holds rows j and j + block/2 (low, high nibble), or
+# rows 2j and 2j + 1 when interleaved. AVX-512: (64, False); AVX2: (32, False); default: (32, True).
+LAYOUTS = ((64, False), (32, False), (32, True))
+_layout: list[tuple[int, bool] | None] = []
+
+
+def _unpack(w4: torch.Tensor, n: int, k: int, layout: tuple[int, bool]) -> torch.Tensor:
+    block, inter = layout
+    b = w4.reshape(n // block, k, block // 2)
+    lo, hi = b & 15, b >> 4
+    rows = torch.stack([lo, hi], dim=-1).flatten(-2) if inter else torch.cat([lo, hi], dim=-1)
+    return rows.permute(0, 2, 1).reshape(n, k).contiguous()
+
+
+def torch_int4_layout() -> tuple[int, bool] | None:
+    """The (block, interleaved) layout of this PyTorch's `_convert_weight_to_int4pack_for_cpu`, found once by
+    packing a probe; None when it is none of LAYOUTS."""
+    if not _layout:
+        probe = torch.randint(0, 16, (64, 32), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+        w4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
+        fits = [lay for lay in LAYOUTS if w4.numel() * 2 == probe.numel()
+                and torch.equal(_unpack(w4, 64, 32, lay), probe.to(torch.uint8))]
+        _layout.append(fits[0] if fits else None)
+    return _layout[0]
 
 
 def int4pack_unpack(w4: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Codes [n, k] back from torch's CPU int4 layout (n % 64 == 0: per 64 rows and per k, 32 bytes whose
-    low nibble is row j and high nibble row j + 32)."""
-    b = w4.reshape(n // 64, k, 32)
-    return torch.cat([b & 15, b >> 4], dim=-1).permute(0, 2, 1).reshape(n, k).contiguous()
+    """Codes [n, k] back from torch's CPU int4 layout (n % 64 == 0), whichever of LAYOUTS this PyTorch uses."""
+    layout = torch_int4_layout()
+    if layout is None:
+        raise RuntimeError("unknown layout of torch's CPU int4 weights")
+    return _unpack(w4, n, k, layout)
 
 
 class Int4PackBackend(Backend):
@@ -45,7 +71,8 @@ class Int4PackBackend(Backend):
         # per-channel scales fit the int4 kernel by repeating them over groups of 128 (exactly the same weights)
         g4 = glen if glen in INT4_GROUPS else (128 if groups == 1 and k % 128 == 0 else 0)
         if not (spec.bits == 4 and act_dtype == torch.bfloat16 and n % 64 == 0 and g4 and k % g4 == 0
-                and rows == n and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")):
+                and rows == n and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+                and torch_int4_layout() is not None):
             return None
         s, z = layer.scales.float(), layer.zeros().float()  # torch's kernel takes float ranges
         codes = layer.codes()
@@ -88,5 +115,7 @@ class Int4PackBackend(Backend):
         n, k, s = layer.out_features, layer.kernel_k, self.scales
         out = scratch_matrix(n, k, dtype)
         lib.lbq_set_threads(torch.get_num_threads())
-        lib.lbq_dequant_int4pack_bf16(ptr(self.w4), n, k, self.group, s.shape[1], ptr(s), ptr(self.zeros), ptr(out))
+        block, inter = cast(tuple, torch_int4_layout())
+        lib.lbq_dequant_int4pack_bf16(ptr(self.w4), n, k, self.group, s.shape[1], ptr(s), ptr(self.zeros), block,
+                                      int(inter), ptr(out))
         return out

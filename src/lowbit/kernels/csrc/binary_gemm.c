@@ -7,7 +7,8 @@
  *
  *   dot(a, w) = K - 2 * popcount(a XOR w)      (exact integer, equals the +-1 float dot product)
  *
- * Three code paths selected at run time: AVX-512 VPOPCNTDQ, scalar POPCNT, and generic C.
+ * Four code paths selected at run time: AVX-512 VPOPCNTDQ, AVX2 (nibble lookup with vpshufb, Mula et al.),
+ * scalar POPCNT, and generic C; one build (per-function target attributes) runs on any x86-64 CPU.
  * Floating-point epilogue: y = (float)dot * scale[n] + bias[n], compiled with -ffp-contract=off
  * so it rounds exactly as torch's separate multiply and add.
  */
@@ -27,7 +28,7 @@
 #define LB_NR 4
 #define LB_NBLOCK 64 /* weight rows per parallel task */
 
-static int lb_level = -1;   /* 0 generic, 1 popcnt, 2 avx512 vpopcntdq */
+static int lb_level = -1;   /* 0 generic, 1 popcnt, 2 avx2, 3 avx512 vpopcntdq */
 static int lb_threads = 0;  /* 0: OpenMP default */
 static int64_t lb_par_threshold = (int64_t)1 << 25; /* word pairs below which we stay single-threaded:
                                                              a descheduled 2nd thread on a shared machine costs ms */
@@ -35,7 +36,8 @@ static int64_t lb_par_threshold = (int64_t)1 << 25; /* word pairs below which we
 int lb_cpu_level(void) {
 #if LB_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return 2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return 3;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) return 2;
     if (__builtin_cpu_supports("popcnt")) return 1;
 #endif
     return 0;
@@ -182,6 +184,80 @@ LB_AVX512 static void lb_avx512_block(const uint64_t *a, const uint64_t *w, int6
 }
 #endif
 
+/* ------------------------------------------------------------------ AVX2 path: popcount by nibble lookup */
+#if LB_X86
+#define LB_AVX2 __attribute__((target("avx2,popcnt")))
+
+/* per-byte popcounts (0..8) of v */
+LB_AVX2 static inline __attribute__((always_inline)) __m256i lb_cnt8(__m256i v, __m256i lut, __m256i m4) {
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)));
+}
+
+/* 1 x nr dot products (nr <= LB_NR, a constant after inlining): per-byte counts summed over 4 steps of 4
+ * words (at most 32 per byte), then folded into 64-bit lanes with vpsadbw. */
+LB_AVX2 static inline __attribute__((always_inline)) void
+lb_avx2_row(const uint64_t *a, const uint64_t *w, int64_t Kw, int nr, int64_t *out) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+    __m256i acc[LB_NR];
+    for (int j = 0; j < nr; ++j) acc[j] = zero;
+    int64_t k = 0;
+    for (; k + 16 <= Kw; k += 16) {
+        __m256i b[LB_NR];
+        for (int j = 0; j < nr; ++j) b[j] = zero;
+        for (int s = 0; s < 16; s += 4) {
+            __m256i va = _mm256_loadu_si256((const __m256i *)(a + k + s));
+            for (int j = 0; j < nr; ++j)
+                b[j] = _mm256_add_epi8(b[j], lb_cnt8(_mm256_xor_si256(va, _mm256_loadu_si256((const __m256i *)(w + j * Kw + k + s))), lut, m4));
+        }
+        for (int j = 0; j < nr; ++j) acc[j] = _mm256_add_epi64(acc[j], _mm256_sad_epu8(b[j], zero));
+    }
+    for (; k + 4 <= Kw; k += 4) {
+        __m256i va = _mm256_loadu_si256((const __m256i *)(a + k));
+        for (int j = 0; j < nr; ++j) {
+            __m256i c = lb_cnt8(_mm256_xor_si256(va, _mm256_loadu_si256((const __m256i *)(w + j * Kw + k))), lut, m4);
+            acc[j] = _mm256_add_epi64(acc[j], _mm256_sad_epu8(c, zero));
+        }
+    }
+    for (int j = 0; j < nr; ++j) {
+        __m128i s = _mm_add_epi64(_mm256_castsi256_si128(acc[j]), _mm256_extracti128_si256(acc[j], 1));
+        int64_t t = _mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1);
+        for (int64_t q = k; q < Kw; ++q) t += __builtin_popcountll(a[q] ^ w[j * Kw + q]);
+        out[j] = t;
+    }
+}
+
+LB_AVX2 static void lb_avx2_block(const uint64_t *a, const uint64_t *w, int64_t m0, int64_t m1,
+                                  int64_t n0, int64_t n1, int64_t N, int64_t Kw, int64_t K,
+                                  int32_t *out_i, float *out_f, const float *scale, const float *bias) {
+    int64_t pc[LB_NR];
+    for (int64_t n = n0; n < n1; n += LB_NR) {
+        int nr = (int)((n1 - n) < LB_NR ? (n1 - n) : LB_NR);
+        const uint64_t *wp = w + n * Kw;
+        for (int64_t m = m0; m < m1; ++m) {
+            const uint64_t *ap = a + m * Kw;
+            if (nr == 4) lb_avx2_row(ap, wp, Kw, 4, pc);
+            else for (int j = 0; j < nr; ++j) lb_avx2_row(ap, wp + j * Kw, Kw, 1, pc + j);
+            for (int j = 0; j < nr; ++j) lb_store(K - 2 * pc[j], m, n + j, N, out_i, out_f, scale, bias);
+        }
+    }
+}
+
+/* Signs of x [K] into 64-bit words, 8 floats per compare. */
+LB_AVX2 static void lb_pack_row_avx2(const float *x, int64_t K, uint64_t *out) {
+    int64_t Kw = (K + 63) / 64, full = K / 8;
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t i = 0; i < Kw; ++i) out[i] = 0;
+    for (int64_t c = 0; c < full; ++c) { /* NGE_UQ: true when !(v >= 0), NaN included */
+        uint64_t bits = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + 8 * c), zero, _CMP_NGE_UQ));
+        out[c / 8] |= bits << (8 * (c % 8));
+    }
+    for (int64_t j = full * 8; j < K; ++j) out[j / 64] |= (uint64_t)(!(x[j] >= 0.0f)) << (j % 64);
+}
+#endif
+
 /* ------------------------------------------------------------------ driver */
 
 static void lb_gemm(const uint64_t *a, const uint64_t *w, int64_t M, int64_t N, int64_t Kw, int64_t K,
@@ -197,8 +273,10 @@ static void lb_gemm(const uint64_t *a, const uint64_t *w, int64_t M, int64_t N, 
         int64_t n0 = b * LB_NBLOCK;
         int64_t n1 = n0 + LB_NBLOCK < N ? n0 + LB_NBLOCK : N;
 #if LB_X86
-        if (level == 2)
+        if (level == 3)
             lb_avx512_block(a, w, 0, M, n0, n1, N, Kw, K, out_i, out_f, scale, bias);
+        else if (level == 2)
+            lb_avx2_block(a, w, 0, M, n0, n1, N, Kw, K, out_i, out_f, scale, bias);
         else if (level == 1)
             lb_popcnt_block(a, w, 0, M, n0, n1, N, Kw, K, out_i, out_f, scale, bias);
         else
@@ -265,8 +343,10 @@ void lb_pack_f32(const float *x, int64_t M, int64_t K, int64_t ldx, uint64_t *ou
 #endif
     for (int64_t m = 0; m < M; ++m) {
 #if LB_X86
-        if (level == 2)
+        if (level == 3)
             lb_pack_row_avx512(x + m * ldx, K, out + m * Kw);
+        else if (level == 2)
+            lb_pack_row_avx2(x + m * ldx, K, out + m * Kw);
         else
 #endif
             lb_pack_row_generic(x + m * ldx, K, out + m * Kw);
