@@ -108,3 +108,17 @@ def test_rotation_unties_tied_embeddings_and_keeps_the_function(capsys):
     with torch.no_grad():
         after = tied(input_ids=ids).logits
     assert ((after - before).norm() / before.norm()).item() < 1e-4
+
+
+def test_rotation_keeps_embeddings_tied_when_the_final_norm_is_ones(capsys):
+    tied = _tiny(64, 128, 4, tie_word_embeddings=True)
+    with torch.no_grad():
+        tied.model.norm.weight.fill_(1.0)
+    ids = torch.randint(0, tied.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        before = tied(input_ids=ids).logits
+    rotate_model(tied, family_for("llama"))
+    assert "unties" not in capsys.readouterr().err and tied.lm_head.weight is tied.model.embed_tokens.weight
+    with torch.no_grad():
+        after = tied(input_ids=ids).logits
+    assert ((after - before).norm() / before.norm()).item() < 1e-4

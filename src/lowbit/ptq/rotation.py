@@ -71,19 +71,17 @@ def _check(model: nn.Module, family: Family) -> Layout:
 
 def untie_head(model: nn.Module) -> int:
     """Give the LM head its own copy of the input embedding (a rotation changes them differently); returns the
-    extra bytes in the checkpoint's storage dtype. The config then says the embeddings are not tied."""
+    extra bytes at 16 bits a value (a bf16 / fp16 checkpoint). The config then says the embeddings are not tied."""
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
     model.config.tie_word_embeddings = False
     text = getattr(model.config, "get_text_config", None)
     if text is not None:
         text().tie_word_embeddings = False
-    name = str(getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None) or "float32")
-    size = 2 if name.endswith(("float16", "bfloat16")) else 4
-    extra = head.weight.numel() * size
+    extra = head.weight.numel() * 2
     print(f"lowbit: note: rotation unties the LM head from the input embedding (the rotated copies differ): "
-          f"{head.weight.shape[0]} x {head.weight.shape[1]} more values, +{extra / 1e6:.1f} MB in the checkpoint",
-          file=sys.stderr, flush=True)
+          f"{head.weight.shape[0]} x {head.weight.shape[1]} more values, +{extra / 1e6:.1f} MB in a 16-bit "
+          "checkpoint", file=sys.stderr, flush=True)
     return extra
 
 
@@ -122,16 +120,17 @@ def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = 
         rotate_inputs(model, family, prefix)
         return "online"
     lay = _check(model, family)
-    if family.tied(model):
-        untie_head(model)
+    final_norm = model.get_submodule(family.final_norm)
+    if family.tied(model) and not bool((family.norm_scale(final_norm) == 1).all()):
+        untie_head(model)  # (with a final norm of ones, E Q serves as both: they stay tied)
     cfg = model.config
     d = cfg.hidden_size
     head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
     Q = random_hadamard(d, seed).double()
     Hh = hadamard_matrix(head_dim).double()
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    final_norm = model.get_submodule(family.final_norm)
-    _set(head.weight, head.weight.double() * family.norm_scale(final_norm)[None, :] @ Q)
+    if not family.tied(model):  # a tied head becomes E Q with the embedding below
+        _set(head.weight, head.weight.double() * family.norm_scale(final_norm)[None, :] @ Q)
     _reset_norm(final_norm, family)
     _set(emb.weight, emb.weight.double() @ Q)
     for i, block in enumerate(family.blocks(model)):
