@@ -64,6 +64,21 @@ def save_tiny(family: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def short_text(text: Path) -> Path:
+    """The first 400 characters of a text file (a quick perplexity)."""
+    short = text.parent / "short.txt"
+    if not short.exists():
+        short.write_text(text.read_text()[:400])
+    return short
+
+
+def first_logits(model: torch.nn.Module, n: int = 20) -> torch.Tensor:
+    """Logits of the fixed token ids 3..3+n (longer than the tiny Gemma 3's sliding window)."""
+    ids = torch.arange(3, 3 + n)[None]
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma3_text", "bert"]
 
 
