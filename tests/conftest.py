@@ -32,6 +32,9 @@ def tiny_config(family: str):
         return tf.Phi3Config(**dec, pad_token_id=0)
     if family == "gemma":
         return tf.GemmaConfig(**dec, head_dim=16)
+    if family == "gemma3_text":  # a sliding-window layer and a global one, q/k norms, four norms per block
+        return tf.Gemma3TextConfig(**dec, head_dim=32, sliding_window=8,
+                                   layer_types=["sliding_attention", "full_attention"])
     if family == "bert":
         return tf.BertConfig(**COMMON, vocab_size=30522)
     raise KeyError(family)
@@ -61,7 +64,22 @@ def save_tiny(family: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "bert"]
+def short_text(text: Path) -> Path:
+    """The first 400 characters of a text file (a quick perplexity)."""
+    short = text.parent / "short.txt"
+    if not short.exists():
+        short.write_text(text.read_text()[:400])
+    return short
+
+
+def first_logits(model: torch.nn.Module, n: int = 20) -> torch.Tensor:
+    """Logits of the fixed token ids 3..3+n (longer than the tiny Gemma 3's sliding window)."""
+    ids = torch.arange(3, 3 + n)[None]
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma3_text", "bert"]
 
 
 @pytest.fixture(scope="session")

@@ -76,8 +76,7 @@ def old_rotation_ok(model, family) -> bool:
         mods = dict(block.named_modules())
         if any(n not in mods for n in (*OLD_READERS, *OLD_WRITERS, *OLD_NORMS)) or "pre_feedforward_layernorm" in mods:
             return False
-    head = model.get_output_embeddings()
-    return not (head is None or head.weight is model.get_input_embeddings().weight)
+    return True  # tied embeddings were refused before; rotation unties them now
 
 
 def old_gguf_name(hf_name):

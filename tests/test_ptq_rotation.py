@@ -87,7 +87,7 @@ def test_encoders_get_the_online_rotation_with_the_same_function(tiny_models):
     assert rotated == changed and len(rotated) == 6 * bert.model.config.num_hidden_layers  # q k v o up down
 
 
-def test_rotation_refuses_residual_mode_on_encoders_and_tied_embeddings(tiny_models):
+def test_rotation_refuses_residual_mode_on_encoders(tiny_models):
     from lowbit.models import load_model
 
     bert = load_model(tiny_models["bert"])
@@ -95,6 +95,30 @@ def test_rotation_refuses_residual_mode_on_encoders_and_tied_embeddings(tiny_mod
         rotate_model(bert.model, bert.family, mode="residual")
     with pytest.raises(LowbitError, match="unknown rotate mode"):
         rotate_model(bert.model, bert.family, mode="spin")
+
+
+def test_rotation_unties_tied_embeddings_and_keeps_the_function(capsys):
     tied = _tiny(64, 128, 4, tie_word_embeddings=True)
-    with pytest.raises(LowbitError, match="tied"):
-        rotate_model(tied, family_for("llama"))
+    ids = torch.randint(0, tied.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        before = tied(input_ids=ids).logits
+    assert rotate_model(tied, family_for("llama")) == "residual"
+    assert "unties the LM head" in capsys.readouterr().err
+    assert tied.lm_head.weight is not tied.model.embed_tokens.weight and not tied.config.tie_word_embeddings
+    with torch.no_grad():
+        after = tied(input_ids=ids).logits
+    assert ((after - before).norm() / before.norm()).item() < 1e-4
+
+
+def test_rotation_keeps_embeddings_tied_when_the_final_norm_is_ones(capsys):
+    tied = _tiny(64, 128, 4, tie_word_embeddings=True)
+    with torch.no_grad():
+        tied.model.norm.weight.fill_(1.0)
+    ids = torch.randint(0, tied.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        before = tied(input_ids=ids).logits
+    rotate_model(tied, family_for("llama"))
+    assert "unties" not in capsys.readouterr().err and tied.lm_head.weight is tied.model.embed_tokens.weight
+    with torch.no_grad():
+        after = tied(input_ids=ids).logits
+    assert ((after - before).norm() / before.norm()).item() < 1e-4

