@@ -9,13 +9,15 @@ from pathlib import Path
 import torch
 
 from lowbit.data import calibration_windows, read_text, tokenize_text
-from lowbit.errors import LowbitError, already_exists
+from lowbit.data.text import check_calibration
+from lowbit.errors import LowbitError
 from lowbit.eval import cosine_to_reference, perplexity
 from lowbit.export.checkpoint import save_quantized
+from lowbit.files import check_output
 from lowbit.memory import peak_rss_mb
 from lowbit.models import Loaded, load_model, resolve_source
 from lowbit.models.checkpoint import load_with_tokenizer, read_quant_config, replace_linears
-from lowbit.models.load import ASSETS
+from lowbit.models.load import ASSETS, context_length, read_config
 from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
 from lowbit.ptq.config import MethodConfig
 from lowbit.ptq.recipe import EXAMPLES, STEPS, load_recipe
@@ -55,11 +57,12 @@ def quantize_dir(
     """
     out = Path(out)
     calib_config = calib_config or CalibConfig()
-    if out.exists():
-        raise already_exists(out, "--out directory")
     t0 = time.perf_counter()
     src_path = resolve_source(src)
-    if config.needs_calibration:  # read the text before the (slow) model load so bad input fails fast
+    check_output(out, [src_path], "--out directory")  # before any work: exists, inside the input, unwritable
+    if config.needs_calibration:  # settings and text checked before the (slow) model load so bad input fails fast
+        limit = context_length(read_config(src_path))
+        check_calibration(calib_config.n_samples, calib_config.seq_len, limit, calib_config.batch_size)
         text = read_text(calib, "calibration") if calib is not None else _default_text("calib")
     if stream or resume:
         return _quantize_streaming(src_path, out, config, text if config.needs_calibration else None,

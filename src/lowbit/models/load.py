@@ -59,6 +59,12 @@ def read_config(path: Path) -> dict:
     return config
 
 
+def context_length(config: dict) -> int | None:
+    """The longest sequence a config.json says the model takes (max_position_embeddings), None if it says none."""
+    n = config.get("max_position_embeddings")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
 def family_of(config: dict, path: Path) -> Family:
     """The lowbit family for a parsed config, or a clear error naming the supported ones."""
     mtype = config.get("model_type")
