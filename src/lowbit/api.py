@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -80,7 +81,8 @@ def quantize_dir(
     if result.report is not None:
         meta["report"] = result.report
     if tokens is not None:
-        meta["calibration"] = {"samples": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]),
+        meta["calibration"] = {**calibration_record(text, calib_config), "samples": int(tokens.shape[0]),
+                               "seq_len": int(tokens.shape[1]),
                                "activation_bytes": result.calib_bytes}
     qcfg = save_quantized(loaded.model, None, src_path, out, meta)
     return {"out": str(out), "method": config.method, "bits": config.weight.bits, "act_bits": meta["act_bits"],
@@ -102,11 +104,18 @@ def _quantize_streaming(src: Path, out: Path, config: MethodConfig, text: str | 
         tokens = calibration_windows(load_tokenizer(src), text, calib_config.n_samples, calib_config.seq_len,
                                      calib_config.seed)
     res = quantize_streaming(src, out, config, tokens, calib_config.batch_size, resume, progress,
-                             {"source": str(src)})
+                             {"source": str(src)} if text is None else
+                             {"source": str(src), "calibration": calibration_record(text, calib_config)})
     return {"out": str(out), "method": config.method, "bits": res["bits"],
             "group_size": res["group_size"], "bits_per_weight": res["bits_per_weight"],
             "quantize_seconds": res["quantize_seconds"], "total_seconds": time.perf_counter() - t0,
             "peak_rss_mb": peak_rss_mb(), "streamed": True}
+
+
+def calibration_record(text: str, calib: CalibConfig) -> dict:
+    """What a checkpoint records of its calibration: the text's sha256 and the window settings."""
+    return {"text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "seed": calib.seed,
+            "n_samples": calib.n_samples, "seq_len": calib.seq_len, "batch_size": calib.batch_size}
 
 
 def _default_text(split: str) -> str:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.files import copy_file
+from lowbit.files import copy_file, hash_files
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.quantizers import QuantizedWeight, WeightSpec, kv
 from lowbit.quantizers import activation as act
@@ -66,6 +66,13 @@ def copy_side_files(src: Path, dst: Path, folders: bool = True, exclude: tuple[s
                 copy_file(f, dst / d / f.name, src)
                 copied.append(f"{d}/{f.name}")
     return copied
+
+
+def source_hashes(src: Path) -> dict:
+    """The sha256 of a source model's weight files and of the side files an output copies from it."""
+    names = [f.name for f in sorted(src.glob("*.safetensors"))] + [
+        f.name for f in src.iterdir() if f.name in SIDE_FILES and f.is_file()]
+    return {"path": str(src), "files": hash_files(src, names)}
 
 
 def module_folders(src: Path) -> list[str]:
