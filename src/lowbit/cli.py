@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             args.fn(args)
     except LowbitError as e:
-        print(f"lowbit: error: {e}", file=sys.stderr)
+        print(f"lowbit: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print(f"lowbit: {interrupted(args)}", file=sys.stderr)

@@ -39,6 +39,9 @@ def resolve_source(src: str | Path) -> Path:
         raise LowbitError(f"{src}: no such directory; give a local Hugging Face model directory, 'demo' or 'minilm'")
     if not path.is_dir():
         raise LowbitError(f"{src} is a file; give the directory that holds config.json and the *.safetensors files")
+    for f in path.iterdir():  # nothing lowbit or transformers reads may lead outside the directory
+        if f.is_symlink():
+            inside(f, path)
     return path
 
 

@@ -117,12 +117,12 @@ def _layers(names: set[str], prefix: str) -> int:
     return len({m.group(1) for m in map(pat.match, names) if m})
 
 
-def key_mismatch(state: set[str], names: set[str], files: list[Path], blocks: str | None) -> str | None:
-    """One line saying how the files' tensor names differ from the model's (None when they match)."""
+def key_mismatch(state: set[str], names: set[str], where: Path, blocks: str | None) -> str | None:
+    """One line saying how the tensor names in the files of directory `where` differ from the model's (None when
+    they match)."""
     missing, unexpected = sorted(state - names), sorted(names - state)
     if not missing and not unexpected:
         return None
-    where = files[0].parent
     if blocks:
         want, have = _layers(state, blocks), _layers(names, blocks)
         if want != have:
@@ -146,7 +146,7 @@ def load_into(model: torch.nn.Module, files: list[Path], head: str | None = None
         names |= set(read_header(f)[1])
     tied = {k for k in state if k not in names and head is not None and k.endswith(head)
             and any(params[k] is params[o] for o in names & set(params))}
-    problem = key_mismatch(set(state) - tied, names, files, blocks)
+    problem = key_mismatch(set(state) - tied, names, files[0].parent, blocks)
     if problem:
         raise LowbitError(problem)
     with torch.no_grad():
