@@ -35,7 +35,7 @@ def damaged(path: Path, what: str) -> LowbitError:
 
 def _entry(path: Path, name: str, info: object, data_size: int) -> None:
     """Check one header entry: known dtype, a shape of non-negative ints, offsets inside the file that fit it."""
-    if not isinstance(info, dict) or info.get("dtype") not in DTYPES:
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or info["dtype"] not in DTYPES:
         raise damaged(path, f"tensor {name} has an unknown or missing dtype "
                             f"({info.get('dtype') if isinstance(info, dict) else info!r})")
     shape, offsets = info.get("shape"), info.get("data_offsets")
