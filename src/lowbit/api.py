@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -9,13 +10,15 @@ from pathlib import Path
 import torch
 
 from lowbit.data import calibration_windows, read_text, tokenize_text
-from lowbit.errors import LowbitError, already_exists
+from lowbit.data.text import check_calibration
+from lowbit.errors import LowbitError
 from lowbit.eval import cosine_to_reference, perplexity
 from lowbit.export.checkpoint import save_quantized
+from lowbit.files import check_output
 from lowbit.memory import peak_rss_mb
 from lowbit.models import Loaded, load_model, resolve_source
 from lowbit.models.checkpoint import load_with_tokenizer, read_quant_config, replace_linears
-from lowbit.models.load import ASSETS
+from lowbit.models.load import ASSETS, context_length, read_config
 from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
 from lowbit.ptq.config import MethodConfig
 from lowbit.ptq.recipe import EXAMPLES, STEPS, load_recipe
@@ -55,11 +58,12 @@ def quantize_dir(
     """
     out = Path(out)
     calib_config = calib_config or CalibConfig()
-    if out.exists():
-        raise already_exists(out, "--out directory")
     t0 = time.perf_counter()
     src_path = resolve_source(src)
-    if config.needs_calibration:  # read the text before the (slow) model load so bad input fails fast
+    check_output(out, [src_path], "--out directory")  # before any work: exists, inside the input, unwritable
+    if config.needs_calibration:  # settings and text checked before the (slow) model load so bad input fails fast
+        limit = context_length(read_config(src_path))
+        check_calibration(calib_config.n_samples, calib_config.seq_len, limit, calib_config.batch_size)
         text = read_text(calib, "calibration") if calib is not None else _default_text("calib")
     if stream or resume:
         return _quantize_streaming(src_path, out, config, text if config.needs_calibration else None,
@@ -77,7 +81,8 @@ def quantize_dir(
     if result.report is not None:
         meta["report"] = result.report
     if tokens is not None:
-        meta["calibration"] = {"samples": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]),
+        meta["calibration"] = {**calibration_record(text, calib_config), "samples": int(tokens.shape[0]),
+                               "seq_len": int(tokens.shape[1]),
                                "activation_bytes": result.calib_bytes}
     qcfg = save_quantized(loaded.model, None, src_path, out, meta)
     return {"out": str(out), "method": config.method, "bits": config.weight.bits, "act_bits": meta["act_bits"],
@@ -99,11 +104,18 @@ def _quantize_streaming(src: Path, out: Path, config: MethodConfig, text: str | 
         tokens = calibration_windows(load_tokenizer(src), text, calib_config.n_samples, calib_config.seq_len,
                                      calib_config.seed)
     res = quantize_streaming(src, out, config, tokens, calib_config.batch_size, resume, progress,
-                             {"source": str(src)})
+                             {"source": str(src)} if text is None else
+                             {"source": str(src), "calibration": calibration_record(text, calib_config)})
     return {"out": str(out), "method": config.method, "bits": res["bits"],
             "group_size": res["group_size"], "bits_per_weight": res["bits_per_weight"],
             "quantize_seconds": res["quantize_seconds"], "total_seconds": time.perf_counter() - t0,
             "peak_rss_mb": peak_rss_mb(), "streamed": True}
+
+
+def calibration_record(text: str, calib: CalibConfig) -> dict:
+    """What a checkpoint records of its calibration: the text's sha256 and the window settings."""
+    return {"text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "seed": calib.seed,
+            "n_samples": calib.n_samples, "seq_len": calib.seq_len, "batch_size": calib.batch_size}
 
 
 def _default_text(split: str) -> str:

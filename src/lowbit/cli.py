@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from lowbit.errors import LowbitError
+from lowbit.files import check_output
+
+MAX_NEW_TOKENS = 1 << 20
 
 
 def _quantize(a: argparse.Namespace) -> None:
     from lowbit import api
     from lowbit.ptq import CalibConfig
 
+    if a.resume and not a.stream:
+        raise LowbitError("--resume continues an interrupted --stream run; pass --stream --resume")
+    check_output(a.out, [_source(a.src)])
     config = api.make_config(a.method, a.bits, a.group_size, not a.asym, a.range, a.act_bits, None, a.kv_bits,
                              recipe=a.recipe, damp=a.damp, act_order=not a.no_act_order,
                              true_sequential=a.true_sequential)
@@ -46,6 +54,8 @@ def _eval(a: argparse.Namespace) -> None:
 def _generate(a: argparse.Namespace) -> None:
     from lowbit import api
 
+    if not a.prompt.strip():
+        raise LowbitError("--prompt is empty; give some text to continue")
     res = api.generate_dir(a.src, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, a.dtype,
                            a.engine, a.kernel)
     if a.json:
@@ -58,9 +68,20 @@ def _generate(a: argparse.Namespace) -> None:
               file=sys.stderr)
 
 
+def _source(src: str) -> Path:
+    from lowbit.models.load import resolve_source
+
+    return resolve_source(src)
+
+
 def _inspect(a: argparse.Namespace) -> None:
     from lowbit import api
+    from lowbit.files import verify_manifest
 
+    if a.verify:
+        manifest = verify_manifest(_source(a.src))
+        print(f"{a.src}: {len(manifest['files'])} files match {len(manifest['files'])} sha256 sums in the manifest")
+        return
     print(json.dumps(api.inspect_dir(a.src), indent=2, default=str))
 
 
@@ -103,6 +124,7 @@ def _demo(a: argparse.Namespace) -> None:
 def _export(a: argparse.Namespace) -> None:
     from lowbit.export import export_model
 
+    check_output(a.out, [_source(a.src)])
     res = export_model(a.src, a.out, a.format, a.type, a.bits, a.group_size)
     if a.json:
         print(json.dumps(res))
@@ -119,9 +141,43 @@ def _convert_gguf(a: argparse.Namespace) -> None:
           f"{res['parameters'] / 1e6:.1f}M parameters in {res['dtype']}, {res['bytes'] / 1e6:.1f} MB")
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit code 2), like every lowbit error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `lowbit <command>: error: message` on one line and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` (to `high`)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"{v} is out of range; give {low}" + (f"-{high}" if high else " or more"))
+        return v
+    return parse
+
+
+def finite_float(low: float, high: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high]."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give a finite number from {low} to {high}")
+        return v
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `lowbit` command."""
-    p = argparse.ArgumentParser(prog="lowbit", description="Make neural networks low-bit for real.")
+    p = Parser(prog="lowbit", description="Make neural networks low-bit for real.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     q = sub.add_parser("quantize", help="quantize a Hugging Face model directory (or 'demo', 'minilm', 'smollm2', "
@@ -139,11 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--range", default="minmax", help="range estimation: minmax or mse (shrink search)")
     q.add_argument("--true-sequential", action="store_true", help="GPTQ: re-collect each stage's inputs")
     q.add_argument("--calib", help="calibration text file (default: the demo's calibration split)")
-    q.add_argument("--n-samples", type=int, default=128, help="calibration windows (default 128)")
-    q.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
-    q.add_argument("--batch-size", type=int, default=16, help="calibration windows per forward pass (memory)")
+    q.add_argument("--n-samples", type=at_least(1), default=128, help="calibration windows (default 128)")
+    q.add_argument("--seq-len", type=at_least(2), default=256, help="tokens per calibration window (default 256)")
+    q.add_argument("--batch-size", type=at_least(1), default=16, help="calibration windows per forward pass (memory)")
     q.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration windows' offsets (default 0)")
-    q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H)")
+    q.add_argument("--damp", type=finite_float(0.0), default=0.01, help="GPTQ dampening, fraction of mean diag(H)")
     q.add_argument("--no-act-order", action="store_true", help="GPTQ: keep the natural column order")
     q.add_argument("--stream", action="store_true",
                    help="never load the whole model: read, quantize and write one block at a time (large models)")
@@ -156,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("src")
     e.add_argument("--text", help="evaluation text file (default: the demo's held-out split)")
     e.add_argument("--reference", help="reference model: cosine of embeddings (encoders) or logits (LMs)")
-    e.add_argument("--window", type=int, default=512, help="context window (capped at the model's maximum)")
-    e.add_argument("--stride", type=int, help="tokens a window advances (default: half the window)")
+    e.add_argument("--window", type=at_least(2), default=512, help="context window (capped at the model's maximum)")
+    e.add_argument("--stride", type=at_least(1), help="tokens a window advances (default: half the window)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(fn=_eval)
 
@@ -178,10 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue a prompt with a model or quantized checkpoint (KV cache)")
     g.add_argument("src")
     g.add_argument("--prompt", required=True, help="text to continue")
-    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples")
-    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    g.add_argument("--max-new-tokens", type=at_least(1, MAX_NEW_TOKENS), default=64,
+                   help="tokens to generate (default 64)")
+    g.add_argument("--temperature", type=finite_float(0.0), default=0.0, help="0 = greedy (default); >0 samples")
+    g.add_argument("--top-k", type=at_least(0), default=0, help="sample among the k most likely tokens (0 = all)")
+    g.add_argument("--top-p", type=finite_float(0.0, 1.0), default=1.0,
+                   help="nucleus sampling mass (default 1.0 = off)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--dtype", default="bf16", help="activation dtype: bf16 (fast int4 path, default) or fp32")
     g.add_argument("--engine", default="auto", choices=["auto", "lean", "transformers"],
@@ -209,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="what a model directory or checkpoint holds")
     i.add_argument("src")
+    i.add_argument("--verify", action="store_true", help="check every file against the sha256 in lowbit_manifest.json")
     i.set_defaults(fn=_inspect)
     from lowbit.latent.disentangle_cli import add_parser as _add_disentangle
     _add_disentangle(sub)
@@ -232,6 +291,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """The one line printed on Ctrl-C or SIGTERM: what was kept on disk."""
+    if getattr(args, "stream", False):
+        out = Path(args.out)
+        partial = out.parent / f".{out.name}.partial"
+        if partial.exists():
+            return (f"interrupted; the finished blocks are kept in {partial}: rerun with --resume to continue, "
+                    "or remove it")
+    return "interrupted; nothing was written"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors print one line and exit with code 2."""
     args = build_parser().parse_args(argv)
@@ -239,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             args.fn(args)
     except LowbitError as e:
-        print(f"lowbit: error: {e}", file=sys.stderr)
+        print(f"lowbit: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
-        print("lowbit: interrupted; nothing was written", file=sys.stderr)
+        print(f"lowbit: {interrupted(args)}", file=sys.stderr)
         return 130
     return 0
 

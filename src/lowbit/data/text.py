@@ -10,6 +10,8 @@ import torch
 
 from lowbit.errors import LowbitError
 
+MIN_SEQ_LEN = 8  # shorter calibration windows hold little more than the special tokens
+
 
 class Tokenizer(Protocol):
     """What lowbit calls on a tokenizer; a transformers tokenizer (PreTrainedTokenizerBase) is one.
@@ -57,17 +59,38 @@ def _special(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
 
 
 def calibration_windows(
-    tokenizer: Tokenizer, text: str, n_samples: int = 128, seq_len: int = 256, seed: int = 0
+    tokenizer: Tokenizer, text: str, n_samples: int = 128, seq_len: int = 256, seed: int = 0,
+    limit: int | None = None,
 ) -> torch.Tensor:
-    """n_samples windows [n, seq_len] of consecutive tokens at random offsets, with the model's special tokens."""
+    """n_samples windows [n, seq_len] of consecutive tokens at random offsets, with the model's special tokens.
+
+    `limit` is the model's context (max_position_embeddings): longer windows are refused, as are texts shorter
+    than one window (a window is never shrunk silently).
+    """
+    check_calibration(n_samples, seq_len, limit)
     ids = tokenize_text(tokenizer, text)
     head, tail = _special(tokenizer)
     body = seq_len - len(head) - len(tail)
     if ids.numel() < 16:
         raise LowbitError(f"the calibration text has only {ids.numel()} tokens; give at least a few KB of text")
-    body = min(body, ids.numel())
+    if ids.numel() < body:
+        raise LowbitError(f"the calibration text has {ids.numel()} tokens, fewer than one window of --seq-len "
+                          f"{seq_len}; give a longer text or a --seq-len of at most "
+                          f"{ids.numel() + len(head) + len(tail)}")
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - body + 1, (n_samples,), generator=g)
     rows = [torch.cat([torch.tensor(head, dtype=torch.long), ids[s:s + body], torch.tensor(tail, dtype=torch.long)])
             for s in starts.tolist()]
     return torch.stack(rows)
+
+
+def check_calibration(n_samples: int, seq_len: int, limit: int | None = None, batch_size: int = 1) -> None:
+    """Refuse calibration settings that cannot work: fewer than one window, windows too short or longer than the
+    model's context, batches of fewer than one window."""
+    for name, v, low in (("--n-samples", n_samples, 1), ("--seq-len", seq_len, MIN_SEQ_LEN),
+                         ("--batch-size", batch_size, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise LowbitError(f"{name} must be an integer of at least {low}, got {v!r}")
+    if limit is not None and seq_len > limit:
+        raise LowbitError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); give at most "
+                          f"{limit}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, already_exists
 from lowbit.models import Family, block_output
 
 if TYPE_CHECKING:  # matplotlib is optional: imported by write_report when it draws
@@ -47,7 +47,10 @@ def read_table(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise LowbitError(f"{p} not found; give the JSON written by benchmarks/low_bit_table.py")
-    text = p.read_text().strip()
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise LowbitError(f"{p} is not UTF-8 text ({e}); give the JSON written by benchmarks/low_bit_table.py") from e
     for cand in (text, text.splitlines()[-1] if text else ""):
         try:
             data = json.loads(cand)
@@ -109,6 +112,10 @@ def write_report(table: str | Path, out: str | Path, model: str | None = None) -
     if missing:
         raise LowbitError(f"no rows for model {missing[0]!r}; the table has {', '.join(data['models'])}")
     out = Path(out)
+    for n in names:  # checked before drawing anything: lowbit never writes over a file
+        for f in (out / f"pareto_{n}.png", out / f"block_errors_{n}.png"):
+            if f.exists():
+                raise already_exists(f, "--out directory (or remove the old charts)")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for n in names:

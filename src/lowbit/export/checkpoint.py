@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from lowbit.files import atomic_output, save_safetensors, write_json
+from lowbit.files import atomic_output, save_safetensors, write_json, write_manifest
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.checkpoint import (
     QUANT_FILE,
@@ -23,6 +23,7 @@ from lowbit.models.checkpoint import (
     read_quant_config,
     replace_linears,
     runtime_transforms,
+    source_hashes,
     storage_dtype,
 )
 from lowbit.quantizers import QuantizedWeight
@@ -54,4 +55,10 @@ def save_quantized(
             write_json(tmp / "config.json", {**config, "tie_word_embeddings": False})  # untied by a rotation
         save_safetensors(checkpoint_state(model, storage_dtype(config)), tmp / "model.safetensors")
         (tmp / QUANT_FILE).write_text(json.dumps(qcfg, indent=2) + "\n")
+        write_manifest(tmp, source_hashes(src), manifest_extra(meta))
     return qcfg
+
+
+def manifest_extra(meta: dict) -> dict:
+    """What a checkpoint's manifest records beside the file hashes: method and calibration (text hash, settings)."""
+    return {"method": meta.get("method"), "calibration": meta.get("calibration")}

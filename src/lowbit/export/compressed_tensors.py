@@ -24,10 +24,10 @@ from tqdm import tqdm
 from lowbit.console import note
 from lowbit.errors import LowbitError
 from lowbit.export.source import ExportSource
-from lowbit.files import atomic_output
+from lowbit.files import atomic_output, write_manifest
 from lowbit.formats import pack
 from lowbit.kernels.qlinear import PackedLinear
-from lowbit.models.checkpoint import QUANT_FILE, copy_side_files
+from lowbit.models.checkpoint import QUANT_FILE, copy_side_files, source_hashes
 from lowbit.models.stream import write_safetensors
 from lowbit.quantizers import WeightSpec, expand_groups
 
@@ -171,6 +171,7 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
         copy_side_files(src.path, tmp, folders=False, exclude=(QUANT_FILE, "config.json"))
         write_safetensors(tmp / "model.safetensors", plan, tensors(), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_manifest(tmp, source_hashes(src.path))
     return {"out": str(out), "format": "compressed-tensors", "scheme": f"W{spec.bits}A16", "spec": spec.describe(),
             "modules": len(packed), "ignored": sorted(ignore), "carried_over": src.quantized,
             "bytes": (out / "model.safetensors").stat().st_size}

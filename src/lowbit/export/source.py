@@ -14,7 +14,7 @@ from lowbit.files import atomic_output as atomic_file  # noqa: F401 (re-exported
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.checkpoint import install_packed, read_quant_config, spec_of, storage_dtype
 from lowbit.models.families import Family, block_linears
-from lowbit.models.stream import TensorIndex
+from lowbit.models.stream import TensorIndex, check_tensor, key_mismatch
 from lowbit.quantizers import WeightSpec, quantize_weight
 
 
@@ -79,6 +79,8 @@ class ExportSource:
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor read from disk, float ones cast to `dtype` (default: the storage dtype) and checked finite."""
         t = self.index.read(name)
+        if name in self.structure:  # shape, dtype kind, finite values, positive scales
+            check_tensor(name, t, self.structure[name], self.path)
         if t.is_floating_point():
             if not bool(torch.isfinite(t).all()):
                 raise not_finite(f"{self.path}: tensor {name}")
@@ -134,7 +136,12 @@ def open_source(src: str | Path) -> ExportSource:
 
 
 def _check_tensors(src: ExportSource) -> None:
-    """Every tensor the model needs is in the files with its shape (headers only), or a clear error."""
+    """Every tensor the model needs is in the files with its shape (headers only), and nothing else, or a clear
+    error."""
+    extra = key_mismatch(set(src.structure), set(src.index.where) | set(src.structure), src.path,
+                         src.family.blocks_prefix(src.model))
+    if extra:
+        raise LowbitError(extra)
     for name, t in src.structure.items():
         if name not in src.index:
             if src._tied(name):

@@ -11,20 +11,26 @@ Writing lives in lowbit.export.checkpoint and lowbit.ptq.streaming; both build t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.files import copy_file, hash_files
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.quantizers import QuantizedWeight, WeightSpec, kv
 from lowbit.quantizers import activation as act
 
 QUANT_FILE = "lowbit_quant.json"
 FORMAT_VERSION = 1
-SKIP = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".onnx")  # weight files are never copied
+# The only side files copied into outputs: what transformers and sentence-transformers read beside the weights.
+SIDE_FILES = frozenset((
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+))
 
 
 def storage_dtype(config: dict) -> torch.dtype:
@@ -40,16 +46,45 @@ def quant_config(spec: WeightSpec, modules: list[str], bits_per_weight: float, m
             "modules": sorted(modules), "bits_per_weight": bits_per_weight, **meta}
 
 
-def copy_side_files(src: Path, dst: Path, folders: bool = True, exclude: tuple[str, ...] = ()) -> None:
-    """Copy config, tokenizer and other small files (no weights, none named in `exclude`) from a model directory;
-    with `folders`, also its side folders (sentence-transformers' pooling config)."""
-    for f in src.iterdir():
-        if f.is_file() and not f.name.endswith(SKIP) and not f.name.endswith(".index.json") and f.name not in exclude:
-            shutil.copy2(f, dst / f.name)
-    if folders:
-        for d in src.iterdir():
-            if d.is_dir() and not d.name.startswith("."):
-                shutil.copytree(d, dst / d.name)
+def copy_side_files(src: Path, dst: Path, folders: bool = True, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Copy the small files a model needs (config, tokenizer, generation config, chat template; none named in
+    `exclude`) from a model directory, and with `folders` the sentence-transformers module folders that
+    modules.json names (their JSON files only); returns the names copied.
+
+    Nothing else is copied: no weights, no code (auto_map *.py files), no other folders (original/*.pth), and
+    no link that points outside the model directory (lowbit.files.copy_file refuses those).
+    """
+    copied = []
+    for f in sorted(src.iterdir()):
+        if f.name in SIDE_FILES and f.name not in exclude and (f.is_file() or f.is_symlink()):
+            copy_file(f, dst / f.name, src)
+            copied.append(f.name)
+    for d in module_folders(src) if folders else []:
+        (dst / d).mkdir()
+        for f in sorted((src / d).iterdir()):
+            if f.suffix == ".json" and (f.is_file() or f.is_symlink()):
+                copy_file(f, dst / d / f.name, src)
+                copied.append(f"{d}/{f.name}")
+    return copied
+
+
+def source_hashes(src: Path) -> dict:
+    """The sha256 of a source model's weight files and of the side files an output copies from it."""
+    names = [f.name for f in sorted(src.glob("*.safetensors"))] + [
+        f.name for f in src.iterdir() if f.name in SIDE_FILES and f.is_file()]
+    return {"path": str(src), "files": hash_files(src, names)}
+
+
+def module_folders(src: Path) -> list[str]:
+    """The sentence-transformers module folders (pooling, normalization) that src/modules.json names."""
+    f = src / "modules.json"
+    try:
+        mods = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LowbitError(f"{f} is not valid JSON ({e}); restore it from the original model") from e
+    paths = [m.get("path") for m in mods if isinstance(m, dict)] if isinstance(mods, list) else []
+    return [p for p in paths if isinstance(p, str) and p and Path(p).name == p and not p.startswith(".")
+            and (src / p).is_dir() and not (src / p).is_symlink()]
 
 
 def checkpoint_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -81,8 +116,15 @@ def install_packed(root: nn.Module, names: list[str], spec: WeightSpec, dtype: t
     """Swap the named linears (relative to `root`) for empty PackedLinear modules of `spec`, to load into."""
     for name in names:
         parent_name, _, child = name.rpartition(".")
-        parent = root.get_submodule(parent_name) if parent_name else root
-        lin = getattr(parent, child)
+        try:
+            parent = root.get_submodule(parent_name) if parent_name else root
+            lin = getattr(parent, child)
+        except AttributeError:
+            raise LowbitError(f"{QUANT_FILE} names the module {name}, which the model that config.json describes does "
+                              "not have; the checkpoint is damaged or its config.json was changed") from None
+        if not isinstance(lin, nn.Linear):
+            raise LowbitError(f"{QUANT_FILE} names {name}, a {type(lin).__name__}, as a quantized linear layer; the "
+                              "checkpoint is damaged")
         shell = PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None)
         setattr(parent, child, shell if dtype is None else shell.to(dtype))
 
@@ -108,17 +150,45 @@ def restore_runtime_transforms(model: nn.Module, family: object, qcfg: dict) -> 
 
 
 def read_quant_config(path: Path) -> dict | None:
-    """The checkpoint's lowbit_quant.json, None for a full-precision directory."""
+    """The checkpoint's lowbit_quant.json, checked (`check_quant_config`); None for a full-precision directory."""
     f = path / QUANT_FILE
     if not f.is_file():
         return None
     try:
-        cfg = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LowbitError(f"{f} is not valid JSON ({e}); the checkpoint is damaged") from e
-    if cfg.get("format") != "lowbit" or cfg.get("version", 0) > FORMAT_VERSION:
+    if not isinstance(cfg, dict) or cfg.get("format") != "lowbit" or not _is_int(cfg.get("version", 0)) \
+            or cfg.get("version", 0) > FORMAT_VERSION:
         raise LowbitError(f"{f} is not a lowbit v{FORMAT_VERSION} quantization config; upgrade lowbit")
+    check_quant_config(cfg, f)
     return cfg
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_quant_config(cfg: dict, f: Path) -> None:
+    """Refuse a lowbit_quant.json with missing keys, values of the wrong type or implausible metadata."""
+    def bad(key: str, want: str) -> LowbitError:
+        return LowbitError(f"{f}: {key} is {cfg.get(key, 'missing')!r}, {want} expected; the checkpoint is damaged")
+
+    for key, want, ok in (("bits", "an integer 1-8", lambda v: _is_int(v) and 1 <= v <= 8),
+                          ("group_size", "an integer >= -1", lambda v: _is_int(v) and v >= -1),
+                          ("symmetric", "true or false", lambda v: isinstance(v, bool)),
+                          ("modules", "a list of module names", lambda v: isinstance(v, list) and all(
+                              isinstance(m, str) and m for m in v) and len(set(v)) == len(v)),
+                          ("act_bits", "16, 8 or 4", lambda v: v in (4, 8, 16) and _is_int(v))):
+        if (key in cfg or key != "act_bits") and not ok(cfg.get(key)):
+            raise bad(key, want)
+    bpw = cfg.get("bits_per_weight")
+    if "bits_per_weight" in cfg and not (isinstance(bpw, int | float) and not isinstance(bpw, bool)
+                                         and cfg["bits"] <= bpw <= cfg["bits"] + 40):
+        raise bad("bits_per_weight", f"a number between {cfg['bits']} (the bits) and {cfg['bits'] + 40}")
+    for key in ("input_transforms", "kv_cache"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict | list):
+            raise bad(key, "a JSON object")
 
 
 def spec_of(qcfg: dict) -> WeightSpec:
@@ -140,10 +210,10 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
         family_of,
         load_model,
         load_tokenizer,
+        load_weights,
         read_config,
         resolve_source,
     )
-    from lowbit.models.stream import load_into
 
     p = resolve_source(path)
     qcfg = read_quant_config(p)
@@ -166,12 +236,7 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
     for m in model.modules():  # packed buffers keep their own dtypes
         if isinstance(m, PackedLinear):
             m.scales = m.scales.to(torch.float16)
-    if not load_into(model, files, fam.head):  # read tensor by tensor, like full-precision loading
-        names = ", ".join(f.name for f in files)
-        raise LowbitError(f"the weights ({names}) in {p} do not match config.json and {QUANT_FILE} (tensor names "
-                          "or shapes differ); the checkpoint is damaged or was written by another tool")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    load_weights(model, fam, files)  # read tensor by tensor and checked, like full-precision loading
     restore_runtime_transforms(model, fam, qcfg)
     model.eval()
     return Loaded(model, load_tokenizer(p), fam, p, config)

@@ -12,7 +12,9 @@ from torch import nn
 
 from lowbit.data.text import Tokenizer
 from lowbit.errors import LowbitError, not_finite
+from lowbit.files import inside
 from lowbit.models.families import Family, family_for, family_of_model, supported_types
+from lowbit.models.stream import read_header
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -47,6 +49,9 @@ def resolve_source(src: str | Path) -> Path:
         raise LowbitError(f"{src}: no such directory; give a local Hugging Face model directory, 'demo' or 'minilm'")
     if not path.is_dir():
         raise LowbitError(f"{src} is a file; give the directory that holds config.json and the *.safetensors files")
+    for f in path.iterdir():  # nothing lowbit or transformers reads may lead outside the directory
+        if f.is_symlink():
+            inside(f, path)
     return path
 
 
@@ -56,9 +61,21 @@ def read_config(path: Path) -> dict:
     if not cfg.is_file():
         raise LowbitError(f"{path} has no config.json; is it a Hugging Face model directory?")
     try:
-        return json.loads(cfg.read_text())
+        config = json.loads(cfg.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LowbitError(f"{cfg} is not valid JSON ({e}); restore it from the original model") from e
+    except OSError as e:
+        raise LowbitError(f"cannot read {cfg} ({e})") from e
+    if not isinstance(config, dict):
+        raise LowbitError(f"{cfg} holds a JSON {type(config).__name__}, not an object; restore it from the original "
+                          "model")
+    return config
+
+
+def context_length(config: dict) -> int | None:
+    """The longest sequence a config.json says the model takes (max_position_embeddings), None if it says none."""
+    n = config.get("max_position_embeddings")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def family_of(config: dict, path: Path) -> Family:
@@ -82,6 +99,8 @@ def check_weight_files(path: Path) -> list[Path]:
             raise LowbitError(f"{path} holds only pytorch_model*.bin; convert it to safetensors first")
         raise LowbitError(f"{path} has no *.safetensors weight files")
     for f in files:
+        inside(f, path)
+        read_header(f)
         try:
             with safe_open(str(f), framework="pt") as h:
                 h.keys()
@@ -143,25 +162,28 @@ def build_from_config(path: Path, kind: str, dtype: torch.dtype = torch.float32,
     """The model that `path`'s config.json describes, with uninitialised weights; on `device` ('meta': no memory)."""
     from transformers import AutoConfig
 
-    hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    with torch.device(device):
-        return auto_class(kind).from_config(hf_config, dtype=dtype)
+    try:
+        hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with torch.device(device):
+            return auto_class(kind).from_config(hf_config, dtype=dtype)
+    except Exception as e:  # transformers raises many types for a config it cannot use
+        raise LowbitError(f"cannot build the model that {path}/config.json describes ({type(e).__name__}: "
+                          f"{str(e)[:200]})".replace("\n", " ")) from e
 
 
-def _load_streaming(fam: Family, path: Path, dtype: torch.dtype, files: list[Path]) -> nn.Module | None:
-    """Build the model from its config and read the weights in tensor by tensor (peak: model + one tensor).
-
-    Returns None when the checkpoint's names or shapes do not match the model exactly (prefixed or renamed
-    keys, for instance); transformers' own loader handles those.
-    """
+def load_weights(model: nn.Module, fam: Family, files: list[Path]) -> None:
+    """Read the weight files into a built model tensor by tensor (peak: model + one tensor), every tensor checked
+    (lowbit.models.stream.load_into); missing, unexpected or inconsistent tensors are refused, never left at
+    their random initial values."""
     from lowbit.models.stream import load_into
 
-    model = build_from_config(path, fam.kind, dtype)
-    if not load_into(model, files, fam.head):
-        return None
+    try:
+        blocks = fam.blocks_prefix(model)
+    except Exception:  # a config whose blocks cannot be found still gets the plain mismatch message
+        blocks = None
+    load_into(model, files, fam.head, blocks)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    return model
 
 
 def load_model(src: str | Path, dtype: torch.dtype = torch.float32, check: bool = True) -> Loaded:
@@ -169,18 +191,18 @@ def load_model(src: str | Path, dtype: torch.dtype = torch.float32, check: bool 
     from transformers.utils import logging as hf_logging
 
     path = resolve_source(src)
+    if (path / "lowbit_quant.json").exists():
+        raise LowbitError(f"{path} is a lowbit checkpoint (already quantized); give its full-precision source "
+                          "model here (lowbit.load reads checkpoints)")
     config = read_config(path)
     fam = family_of(config, path)
     files = check_weight_files(path)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = _load_streaming(fam, path, dtype, files) or auto_class(fam.kind).from_pretrained(
-                str(path), dtype=dtype, local_files_only=True)
-    except Exception as e:
-        raise LowbitError(f"cannot load the model in {path} ({type(e).__name__}: {str(e)[:300]})") from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_from_config(path, fam.kind, dtype)
+    load_weights(model, fam, files)
     model.eval()
     if check:
         check_finite(model, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +17,60 @@ from typing import BinaryIO
 
 import torch
 
+from lowbit.errors import LowbitError, not_finite
+
+QUANT = "lowbit_quant.json"
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
 
 
-def _header(path: Path) -> tuple[int, dict]:
-    """Byte offset of the data and the tensor entries of one .safetensors file's header."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def damaged(path: Path, what: str) -> LowbitError:
+    """The error for a damaged safetensors file: which file, what is wrong, what to do."""
+    return LowbitError(f"{path} is corrupt or truncated ({what}); download or copy it again")
+
+
+def _entry(path: Path, name: str, info: object, data_size: int) -> None:
+    """Check one header entry: known dtype, a shape of non-negative ints, offsets inside the file that fit it."""
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or info["dtype"] not in DTYPES:
+        raise damaged(path, f"tensor {name} has an unknown or missing dtype "
+                            f"({info.get('dtype') if isinstance(info, dict) else info!r})")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise damaged(path, f"tensor {name} has an invalid shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size):
+        raise damaged(path, f"tensor {name} has data offsets {offsets!r} outside the file's {data_size} data bytes")
+    if offsets[1] - offsets[0] != math.prod(shape) * DTYPES[info["dtype"]].itemsize:
+        raise damaged(path, f"tensor {name}: {offsets[1] - offsets[0]} bytes for a {info['dtype']} tensor of "
+                            f"shape {shape}")
+
+
+def read_header(path: Path) -> tuple[int, dict]:
+    """Byte offset of the data and the tensor entries of one .safetensors file's header, every entry checked
+    against the file's size (a LowbitError naming the file and tensor otherwise)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise damaged(path, f"{size} bytes, too short for a safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, MAX_HEADER):
+                raise damaged(path, f"the header claims {n} bytes but the file has {size}")
+            header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(path, f"the header is not JSON ({e})") from e
+    except OSError as e:
+        raise LowbitError(f"cannot read {path} ({e})") from e
+    if not isinstance(header, dict):
+        raise damaged(path, "the header is not a JSON object")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        _entry(path, name, info, size - 8 - n)
     return 8 + n, header
 
 
@@ -37,39 +81,80 @@ def _read(f: BinaryIO, path: Path, name: str, offset: int, size: int, dtype: tor
     if t.numel():
         f.seek(offset)
         if f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != size:
-            raise OSError(f"{path}: tensor {name} is truncated")
+            raise damaged(path, f"tensor {name} is truncated")
     return t
 
 
 def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor of one .safetensors file, each read into fresh memory."""
-    base, header = _header(path)
+    base, header = read_header(path)
     with open(path, "rb") as f:
         for name, info in header.items():
             start, end = info["data_offsets"]
             yield name, _read(f, path, name, base + start, end - start, DTYPES[info["dtype"]], info["shape"])
 
 
-def load_into(model: torch.nn.Module, files: list[Path], head: str | None = "lm_head.weight") -> bool:
-    """Copy the checkpoint's tensors into the model's state in place; False (nothing trusted) if keys differ.
+def check_tensor(name: str, t: torch.Tensor, want: torch.Tensor, where: Path) -> None:
+    """One tensor read from `where` against the model's: same shape, a float for a float (any precision, cast on
+    copy) or the same integer dtype, finite values, positive quantization scales."""
+    if tuple(t.shape) != tuple(want.shape):
+        raise LowbitError(f"{where}: tensor {name} has shape {tuple(t.shape)}, config.json and {QUANT} call for "
+                          f"{tuple(want.shape)}; the checkpoint is damaged or belongs to another model")
+    if t.is_floating_point() != want.is_floating_point() or (not want.is_floating_point() and t.dtype != want.dtype):
+        raise LowbitError(f"{where}: tensor {name} is stored as {t.dtype}, {want.dtype} expected; the checkpoint is "
+                          "damaged or was written by another tool")
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()):
+            raise not_finite(f"{where}: tensor {name}")
+        if name.endswith(".scales") and t.numel() and not bool((t > 0).all()):
+            raise LowbitError(f"{where}: quantization scales {name} hold zero or negative values; the checkpoint is "
+                              "damaged")
 
-    `head` (the family's LM-head weight) may be missing from the files: tied checkpoints do not store it.
+
+def _layers(names: set[str], prefix: str) -> int:
+    """Number of distinct block indices `<prefix>.<i>.` among tensor names."""
+    pat = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    return len({m.group(1) for m in map(pat.match, names) if m})
+
+
+def key_mismatch(state: set[str], names: set[str], where: Path, blocks: str | None) -> str | None:
+    """One line saying how the tensor names in the files of directory `where` differ from the model's (None when
+    they match)."""
+    missing, unexpected = sorted(state - names), sorted(names - state)
+    if not missing and not unexpected:
+        return None
+    if blocks:
+        want, have = _layers(state, blocks), _layers(names, blocks)
+        if want != have:
+            return f"{where}: config.json describes {want} layers but the weights hold {have}; fix num_hidden_layers"
+    parts = [f"{len(v)} {k} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+             for k, v in (("missing", missing), ("unexpected", unexpected)) if v]
+    return f"{where}: the weights do not match config.json: {'; '.join(parts)} tensors"
+
+
+def load_into(model: torch.nn.Module, files: list[Path], head: str | None = None, blocks: str | None = None) -> None:
+    """Copy the checkpoint's tensors into the model's state in place, each checked (`check_tensor`); a LowbitError
+    (names of missing or unexpected tensors, or the layer counts) when the files do not hold exactly its tensors.
+
+    `head` (the LM-head weight) may be missing from the files when the model ties it to another tensor that is
+    present (tied checkpoints do not store it); `blocks` (the blocks' prefix) lets the error give layer counts.
     """
     state = model.state_dict()
+    params = model.state_dict(keep_vars=True)
     names: set[str] = set()
     for f in files:
-        names |= set(_header(f)[1])
-    tied = {k for k in state if k not in names and head is not None and k.endswith(head)}
-    if names - set(state) or set(state) - names - tied:
-        return False
+        names |= set(read_header(f)[1])
+    tied = {k for k in state if k not in names and head is not None and k.endswith(head)
+            and any(params[k] is params[o] for o in names & set(params))}
+    problem = key_mismatch(set(state) - tied, names, files[0].parent, blocks)
+    if problem:
+        raise LowbitError(problem)
     with torch.no_grad():
         for f in files:
             for name, t in iter_tensors(f):
-                if state[name].shape != t.shape:
-                    return False
+                check_tensor(name, t, state[name], f)
                 state[name].copy_(t)
                 del t
-    return True
 
 
 class TensorIndex:
@@ -78,7 +163,7 @@ class TensorIndex:
     def __init__(self, files: list[Path]) -> None:
         self.where: dict[str, tuple[Path, int, int, torch.dtype, list[int]]] = {}
         for f in files:
-            base, header = _header(f)
+            base, header = read_header(f)
             for name, info in header.items():
                 start, end = info["data_offsets"]
                 self.where[name] = (f, base + start, end - start, DTYPES[info["dtype"]], info["shape"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from lowbit.data.text import check_calibration
+from lowbit.errors import LowbitError
 from lowbit.quantizers import WeightSpec
 
 
@@ -51,6 +53,11 @@ class CalibConfig:
     seq_len: int = 256
     batch_size: int = 16
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_calibration(self.n_samples, self.seq_len, batch_size=self.batch_size)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise LowbitError(f"--calib-seed must be an integer, got {self.seed!r}")
 
 
 class Wrapping:

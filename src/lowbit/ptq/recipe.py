@@ -129,7 +129,21 @@ def load_recipe(path: str | Path) -> dict:
     bad = sorted(set(data) - set(RECIPE_KEYS))
     if bad:
         raise LowbitError(f"{p}: unknown key(s) {', '.join(bad)}; known: {', '.join(RECIPE_KEYS)}")
+    for key, want, ok in RECIPE_TYPES:
+        if key in data and not ok(data[key]):
+            raise LowbitError(f"{p}: {key} is {data[key]!r}; it must be {want} (values are never coerced)")
     return data
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+RECIPE_TYPES = (("method", "a string such as rotate+gptq", lambda v: isinstance(v, str)),
+                ("bits", "an integer", _int), ("group_size", "an integer", _int), ("act_bits", "an integer", _int),
+                ("kv_bits", "an integer", _int), ("symmetric", "true or false", lambda v: isinstance(v, bool)),
+                ("range", "minmax or mse", lambda v: isinstance(v, str)),
+                ("options", "a mapping of step to options", lambda v: v is None or isinstance(v, dict)))
 
 
 def prepare(model: nn.Module, family: Family, config: RecipeConfig, prefix: str) -> None:

@@ -13,6 +13,7 @@ calibration data forward). The folder becomes `out` by one rename at the end.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError, already_exists, not_finite
-from lowbit.files import save_safetensors, write_json
+from lowbit.errors import LowbitError, not_finite
+from lowbit.files import check_output, save_safetensors, write_json, write_manifest
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models import block_linears
 from lowbit.models.checkpoint import (
@@ -32,6 +33,7 @@ from lowbit.models.checkpoint import (
     install_packed,
     quant_config,
     replace_linears,
+    source_hashes,
     storage_dtype,
 )
 from lowbit.models.load import build_from_config, check_weight_files, family_of, read_config, rebuild_rotary
@@ -95,23 +97,57 @@ def _free_block(block: nn.Module) -> None:
     block.to("meta")
 
 
+def run_fingerprint(src: Path, config: MethodConfig, calib_tokens: torch.Tensor | None, batch_size: int,
+                    meta: dict | None) -> dict:
+    """What a resumed run must share with the interrupted one, input by input: the source's files (sha256), the
+    calibration text (sha256), the seed, and the settings (method config, windows, batch size)."""
+    calib = dict((meta or {}).get("calibration") or {})
+    tokens = None
+    if calib_tokens is not None:
+        tokens = hashlib.sha256(calib_tokens.contiguous().numpy().tobytes()).hexdigest()
+    return {"source weights": source_hashes(src), "calibration text": calib.pop("text_sha256", None),
+            "seed": calib.pop("seed", None),
+            "settings": {"config": repr(config), "batch_size": batch_size, **calib,
+                         "windows": None if calib_tokens is None else list(calib_tokens.shape)},
+            "calibration windows": tokens}
+
+
+def read_progress(partial: Path) -> dict:
+    """The progress record of an unfinished streaming run, or a clear error when it is damaged."""
+    try:
+        state = json.loads((partial / PROGRESS).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LowbitError(f"{partial}/{PROGRESS} is missing or damaged ({type(e).__name__}); remove {partial} and "
+                          "start again") from e
+    if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
+        raise LowbitError(f"{partial}/{PROGRESS} is damaged; remove {partial} and start again")
+    return state
+
+
+def check_fingerprint(partial: Path, old: object, new: dict) -> None:
+    """Refuse to resume when an input differs from the interrupted run's, naming the first that does."""
+    if not isinstance(old, dict) or set(old) != set(new):
+        raise LowbitError(f"{partial} was started by another lowbit version (no comparable fingerprint); remove it "
+                          "and start again")
+    for key in new:
+        if old[key] != new[key]:
+            raise LowbitError(f"{partial} was started with another {key}; resume with the same inputs and settings, "
+                              "or remove it to start again")
+
+
 def quantize_streaming(
     src: Path, out: Path, config: MethodConfig, calib_tokens: torch.Tensor | None, batch_size: int = 16,
     resume: bool = False, progress: bool = True, meta: dict | None = None,
 ) -> dict:
     """Quantize `src` block by block from disk into the sharded checkpoint `out` (see the module docstring)."""
-    if out.exists():
-        raise already_exists(out, "--out directory")
+    check_output(out, [src], "--out directory")
     partial = out.parent / f".{out.name}.partial"
-    fingerprint = {"source": str(src.resolve()), "config": repr(config),
-                   "calibration": None if calib_tokens is None else list(calib_tokens.shape)}
+    fingerprint = run_fingerprint(src, config, calib_tokens, batch_size, meta)
     if partial.exists():
         if not resume:
             raise LowbitError(f"{partial} holds an unfinished run; pass --resume to continue it or remove it")
-        state = json.loads((partial / PROGRESS).read_text())
-        if state["fingerprint"] != fingerprint:
-            raise LowbitError(f"{partial} was started with other settings ({state['fingerprint']['config']}); "
-                              "use the same settings to resume, or remove it")
+        state = read_progress(partial)
+        check_fingerprint(partial, state.get("fingerprint"), fingerprint)
     else:
         partial.mkdir(parents=True)
         state = {"fingerprint": fingerprint, "done": {}, "seconds": 0.0}
@@ -172,5 +208,7 @@ def quantize_streaming(
                          **(meta or {})})
     (partial / QUANT_FILE).write_text(json.dumps(qcfg, indent=2) + "\n")
     (partial / PROGRESS).unlink()
+    write_manifest(partial, fingerprint["source weights"], {"method": config.method,
+                                                            "calibration": (meta or {}).get("calibration")})
     os.replace(partial, out)
     return {**qcfg, "total_seconds": time.perf_counter() - t0}
