@@ -181,6 +181,8 @@ def load_weights(model: nn.Module, fam: Family, files: list[Path]) -> None:
         blocks = fam.blocks_prefix(model)
     except Exception:  # a config whose blocks cannot be found still gets the plain mismatch message
         blocks = None
+    if hasattr(model, "tie_weights"):  # to_empty() may have split tied parameters: tie them before and after
+        model.tie_weights()
     load_into(model, files, fam.head, blocks)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lowbit.console import note
+from lowbit.errors import LowbitError
 from lowbit.models import Family, block_linears, capture_block_inputs
 from lowbit.ptq.config import MethodConfig
 from lowbit.ptq.registry import (
@@ -48,8 +49,11 @@ def quantize(
         raise TypeError(f"no handler for {type(config).__name__}")
     blocks = family.blocks(model)
     spec = config.weight
-    short = sorted({lin.in_features for block in blocks for lin in block_linears(block).values()
-                    if spec.group_size > 0 and lin.in_features % spec.group_size})
+    widths = {lin.in_features for block in blocks for lin in block_linears(block).values()}
+    if spec.group_size > min(widths, default=spec.group_size):
+        raise LowbitError(f"group size {spec.group_size} is larger than the narrowest layer ({min(widths)} inputs); "
+                          f"choose at most {min(widths)}, or 0 for per-channel ranges")
+    short = sorted(w for w in widths if spec.group_size > 0 and w % spec.group_size)
     if short:
         note(f"group size {spec.group_size} does not divide the widths {', '.join(map(str, short))}: the last group "
              f"of each row is shorter ({', '.join(str(w % spec.group_size) for w in short)} columns)")
