@@ -30,6 +30,7 @@ def test_quantize_eval_inspect_round_trip(capsys, tiny_models, calib_file, tmp_p
     ev = json.loads(stdout)
     assert code == 0 and {"perplexity", "bits_per_weight", "bytes", "cosine_to_reference"} <= set(ev)
     assert ev["perplexity"] > 1 and 0.5 < ev["cosine_to_reference"] <= 1.0 + 1e-6
+    assert 0 < ev["kld_mean"] <= ev["kld_p99"] and 0 < ev["top1_agreement"] <= 1 and ev["reference_perplexity"] > 1
     code, stdout, _ = run(capsys, "inspect", out)
     info = json.loads(stdout)
     assert info["quantization"]["bits"] == 4 and info["quantization"]["method"] == "gptq"

@@ -8,7 +8,7 @@ from torch import nn
 
 from lowbit.data import calibration_windows
 from lowbit.errors import LowbitError
-from lowbit.eval import perplexity
+from lowbit.eval import divergence, perplexity
 from lowbit.models import load_model
 
 
@@ -34,6 +34,26 @@ def test_sliding_window_scores_every_token_once(window, stride):
     m, ids = Bigram(), torch.randint(0, 11, (101,))
     with torch.no_grad():
         assert perplexity(m, ids, window, stride, progress=False) == pytest.approx(_exact_ppl(m, ids), rel=1e-5)
+
+
+@pytest.mark.parametrize("window,stride", [(8, 4), (7, 3), (1000, 500)])
+def test_divergence_is_exact_on_context_free_models(window, stride):
+    """Bigram models: every scored position's KL(ref || model), top-1 agreement and both perplexities by hand."""
+    torch.manual_seed(1)
+    ref, m, ids = Bigram(), Bigram(), torch.randint(0, 11, (101,))
+    with torch.no_grad():
+        res = divergence(m, ref, ids, window, stride, progress=False)
+        lp, lq = torch.log_softmax(ref.table[ids[:-1]], -1), torch.log_softmax(m.table[ids[:-1]], -1)
+        kld = (lp.exp() * (lp - lq)).sum(-1).double()
+        top1 = (ref.table[ids[:-1]].argmax(-1) == m.table[ids[:-1]].argmax(-1)).double().mean().item()
+    assert res["scored_tokens"] == 100
+    assert res["kld_mean"] == pytest.approx(kld.mean().item(), rel=1e-5)
+    assert res["kld_p99"] == pytest.approx(torch.quantile(kld, 0.99).item(), rel=1e-4)
+    assert res["top1_agreement"] == pytest.approx(top1)
+    assert res["perplexity"] == pytest.approx(_exact_ppl(m, ids), rel=1e-5)
+    assert res["reference_perplexity"] == pytest.approx(_exact_ppl(ref, ids), rel=1e-5)
+    same = divergence(ref, ref, ids, window, stride, progress=False)
+    assert same["kld_mean"] < 1e-6 and same["top1_agreement"] == 1.0
 
 
 def test_perplexity_of_a_real_model_is_sane(tiny_models):

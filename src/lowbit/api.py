@@ -12,11 +12,11 @@ import torch
 from lowbit.data import calibration_windows, read_text, tokenize_text
 from lowbit.data.text import check_calibration
 from lowbit.errors import LowbitError
-from lowbit.eval import cosine_to_reference, perplexity
+from lowbit.eval import cosine_to_reference, divergence, perplexity
 from lowbit.export.checkpoint import save_quantized
 from lowbit.files import check_output
 from lowbit.memory import peak_rss_mb
-from lowbit.models import Loaded, load_model, resolve_source
+from lowbit.models import load_model, resolve_source
 from lowbit.models.checkpoint import load_with_tokenizer, read_quant_config, replace_linears
 from lowbit.models.load import ASSETS, context_length, read_config
 from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
@@ -156,24 +156,15 @@ def evaluate(
         limit = getattr(loaded.model.config, "max_position_embeddings", window) or window
         win = min(window, limit)
         step = min(stride or win // 2, win)
-        res["perplexity"] = perplexity(loaded.model, ids, win, step, bos, progress)
+        if ref is not None:  # one pass over the same windows: both perplexities, KLD, top-1 agreement
+            res.update(divergence(loaded.model, ref.model, ids, win, step, bos, progress))
+        else:
+            res["perplexity"] = perplexity(loaded.model, ids, win, step, bos, progress)
         res["window"], res["stride"] = win, step
         res["eval_tokens"] = int(ids.numel())
-    if reference is not None:
-        if loaded.family.kind == "causal":
-            res["cosine_to_reference"] = _logit_cosine(loaded, ref, body)
-        else:
-            res["cosine_to_reference"] = cosine_to_reference(loaded.model, ref.model, loaded.tokenizer, body)
+    elif ref is not None:
+        res["cosine_to_reference"] = cosine_to_reference(loaded.model, ref.model, loaded.tokenizer, body)
     return res
-
-
-def _logit_cosine(loaded: Loaded, ref: Loaded, text: str, n: int = 2048) -> float:
-    """Mean cosine of next-token logits of two causal LMs over the first n tokens of the text."""
-    ids = tokenize_text(loaded.tokenizer, text)[:n][None]
-    with torch.no_grad():
-        a = loaded.model(input_ids=ids, use_cache=False).logits[0]
-        b = ref.model(input_ids=ids, use_cache=False).logits[0]
-    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean().item()
 
 
 def _float_bits(path: Path) -> float:

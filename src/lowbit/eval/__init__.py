@@ -1,6 +1,6 @@
 """Evaluation: perplexity of causal LMs, embedding fidelity of encoders, checkpoint sizes."""
 
 from lowbit.eval.fidelity import cosine_to_reference, embed
-from lowbit.eval.perplexity import perplexity
+from lowbit.eval.perplexity import divergence, perplexity
 
-__all__ = ["cosine_to_reference", "embed", "perplexity"]
+__all__ = ["cosine_to_reference", "divergence", "embed", "perplexity"]

@@ -1,12 +1,37 @@
-"""Perplexity of a causal LM over a token stream with a sliding window."""
+"""Perplexity of a causal LM over a token stream with a sliding window, and its next-token divergence from a
+reference model on the same windows (llama.cpp's `--kl-divergence` statistics)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+
+def windows(n: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(begin, end, new) of each window over n tokens: windows of `window` tokens advance by `stride`, and the
+    last `new` positions of each are the targets no earlier window scored (every token after the first once)."""
+    if window < 2 or stride <= 0 or stride > window:
+        raise ValueError(f"need window >= 2 and stride in 1..window ({window}), got window {window} stride {stride}")
+    prev_end = 0
+    step = min(stride, window - 1)  # windows overlap by at least one token so no target is skipped
+    for begin in range(0, max(n - 1, 1), step):
+        end = min(begin + window, n)
+        yield begin, end, end - max(prev_end, begin + 1)
+        prev_end = end
+        if end == n:
+            return
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=x[None], use_cache=False).logits[0, :-1].float()
+
+
+def _with_bos(ids: torch.Tensor, bos: int | None) -> torch.Tensor:
+    return torch.cat([torch.tensor([bos]), ids]) if bos is not None else ids
 
 
 def perplexity(
@@ -18,24 +43,40 @@ def perplexity(
     Windows of `window` tokens advance by `stride`; only the tokens new to a window are scored (the usual
     Hugging Face recipe). `bos` is prepended to the stream if given.
     """
-    if window < 2 or stride <= 0 or stride > window:
-        raise ValueError(f"need window >= 2 and stride in 1..window ({window}), got window {window} stride {stride}")
-    if bos is not None:
-        ids = torch.cat([torch.tensor([bos]), ids])
-    n = ids.numel()
-    nll, count, prev_end = 0.0, 0, 0
-    step = min(stride, window - 1)  # windows overlap by at least one token so no target is skipped
-    starts = list(range(0, max(n - 1, 1), max(step, 1)))
+    ids = _with_bos(ids, bos)
+    nll, count = 0.0, 0
+    spans = list(windows(ids.numel(), window, stride))
     with torch.no_grad():
-        for begin in tqdm(starts, desc="perplexity", unit="win", disable=not progress, leave=False):
-            end = min(begin + window, n)
-            x = ids[begin:end][None]
-            logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
-            target = ids[begin + 1:end]
-            new = end - max(prev_end, begin + 1)  # tokens not yet scored
-            nll += nn.functional.cross_entropy(logits[-new:], target[-new:], reduction="sum").item()
+        for begin, end, new in tqdm(spans, desc="perplexity", unit="win", disable=not progress, leave=False):
+            logits = _logits(model, ids[begin:end])
+            nll += nn.functional.cross_entropy(logits[-new:], ids[begin + 1:end][-new:], reduction="sum").item()
             count += new
-            prev_end = end
-            if end == n:
-                break
     return math.exp(nll / count)
+
+
+def divergence(
+    model: nn.Module, reference: nn.Module, ids: torch.Tensor, window: int = 512, stride: int = 256,
+    bos: int | None = None, progress: bool = True,
+) -> dict:
+    """Perplexity of both models and KL(reference || model) of the next-token distributions on the scored
+    positions of `perplexity`'s windows: mean and 99th percentile, top-1 agreement and mean logit cosine."""
+    ids = _with_bos(ids, bos)
+    spans = list(windows(ids.numel(), window, stride))
+    nll, ref_nll, klds, same, cos = 0.0, 0.0, [], 0, 0.0
+    with torch.no_grad():
+        for begin, end, new in tqdm(spans, desc="divergence", unit="win", disable=not progress, leave=False):
+            x, target = ids[begin:end], ids[begin + 1:end][-new:]
+            a, b = _logits(model, x)[-new:], _logits(reference, x)[-new:]
+            if a.shape != b.shape:
+                raise ValueError(f"the model has {a.shape[-1]} logits but the reference {b.shape[-1]}")
+            la, lb = a.log_softmax(-1), b.log_softmax(-1)
+            nll -= la.gather(1, target[:, None]).sum().item()
+            ref_nll -= lb.gather(1, target[:, None]).sum().item()
+            klds.append((lb.exp() * (lb - la)).sum(-1).clamp_min(0))
+            same += int((a.argmax(-1) == b.argmax(-1)).sum())
+            cos += nn.functional.cosine_similarity(a, b, dim=-1).sum().item()
+    kld = torch.cat(klds).double()
+    n = kld.numel()
+    return {"perplexity": math.exp(nll / n), "reference_perplexity": math.exp(ref_nll / n),
+            "kld_mean": kld.mean().item(), "kld_p99": torch.quantile(kld, 0.99).item(),
+            "top1_agreement": same / n, "cosine_to_reference": cos / n, "scored_tokens": n}
