@@ -165,16 +165,21 @@ def write_manifest(out: Path, source: dict, extra: dict | None = None) -> dict:
     return manifest
 
 
+def read_json(f: Path, fix: str) -> object:
+    """The parsed JSON of file `f`, or a LowbitError saying it is not valid JSON and what to do (`fix`)."""
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LowbitError(f"{f} is not valid JSON ({e}); {fix}") from e
+
+
 def verify_manifest(path: Path) -> dict:
     """Check every file a directory's manifest lists against its sha256; the manifest, or a LowbitError naming the
     first file that is missing or differs."""
     f = path / MANIFEST
     if not f.is_file():
         raise LowbitError(f"{path} has no {MANIFEST}; it was written by an older lowbit or another tool")
-    try:
-        manifest = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LowbitError(f"{f} is not valid JSON ({e}); the manifest is damaged") from e
+    manifest = read_json(f, "the manifest is damaged")
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise LowbitError(f"{f} has no 'files' mapping of name to sha256; the manifest is damaged")

@@ -111,9 +111,8 @@ def _regroup(m: PackedLinear, t: torch.Tensor) -> torch.Tensor:
 def module_plan(name: str, m: nn.Module, spec: WeightSpec, dtype: torch.dtype) -> list[tuple[str, torch.dtype, tuple]]:
     """(name, dtype, shape) of every tensor `module_tensors` writes for the linear `m` in format `spec`, bias last."""
     out, inp, bits = m.out_features, m.in_features, spec.bits
-    groups = spec.groups(inp) if spec.group_size > 0 else 1
-    if written_group(spec, inp) != spec.group_size:
-        groups = inp // written_group(spec, inp)
+    g = written_group(spec, inp)
+    groups = inp // g if g > 0 else 1
     plan = [(f"{name}.weight_packed", torch.int32, (out, (inp * bits + 31) // 32)),
             (f"{name}.weight_scale", torch.float16, (out, groups)), (f"{name}.weight_shape", torch.int64, (2,))]
     if not spec.symmetric:
@@ -158,9 +157,9 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
     config = dict(src.config)
     regrouped: dict[int, list[str]] = {}
     for name in packed:
-        width = src.model.get_submodule(name).in_features
-        if written_group(spec, width) != spec.group_size:
-            regrouped.setdefault(written_group(spec, width), []).append(name)
+        g = written_group(spec, src.model.get_submodule(name).in_features)
+        if g != spec.group_size:
+            regrouped.setdefault(g, []).append(name)
     for g, names in regrouped.items():
         widths = sorted({src.model.get_submodule(n).in_features for n in names})
         note(f"{len(names)} modules are {'/'.join(map(str, widths))} wide, not a multiple of group {spec.group_size}:"

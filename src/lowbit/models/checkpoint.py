@@ -10,14 +10,13 @@ Writing lives in lowbit.export.checkpoint and lowbit.ptq.streaming; both build t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.files import copy_file, hash_files
+from lowbit.files import copy_file, hash_files, read_json
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.quantizers import QuantizedWeight, WeightSpec, kv
 from lowbit.quantizers import activation as act
@@ -78,10 +77,7 @@ def source_hashes(src: Path) -> dict:
 def module_folders(src: Path) -> list[str]:
     """The sentence-transformers module folders (pooling, normalization) that src/modules.json names."""
     f = src / "modules.json"
-    try:
-        mods = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else []
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LowbitError(f"{f} is not valid JSON ({e}); restore it from the original model") from e
+    mods = read_json(f, "restore it from the original model") if f.is_file() else []
     paths = [m.get("path") for m in mods if isinstance(m, dict)] if isinstance(mods, list) else []
     return [p for p in paths if isinstance(p, str) and p and Path(p).name == p and not p.startswith(".")
             and (src / p).is_dir() and not (src / p).is_symlink()]
@@ -154,10 +150,7 @@ def read_quant_config(path: Path) -> dict | None:
     f = path / QUANT_FILE
     if not f.is_file():
         return None
-    try:
-        cfg = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LowbitError(f"{f} is not valid JSON ({e}); the checkpoint is damaged") from e
+    cfg = read_json(f, "the checkpoint is damaged")
     if not isinstance(cfg, dict) or cfg.get("format") != "lowbit" or not _is_int(cfg.get("version", 0)) \
             or cfg.get("version", 0) > FORMAT_VERSION:
         raise LowbitError(f"{f} is not a lowbit v{FORMAT_VERSION} quantization config; upgrade lowbit")

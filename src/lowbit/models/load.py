@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from torch import nn
 
 from lowbit.data.text import Tokenizer
 from lowbit.errors import LowbitError, not_finite
-from lowbit.files import inside
+from lowbit.files import inside, read_json
 from lowbit.models.families import Family, family_for, family_of_model, supported_types
 from lowbit.models.stream import read_header
 
@@ -61,9 +60,7 @@ def read_config(path: Path) -> dict:
     if not cfg.is_file():
         raise LowbitError(f"{path} has no config.json; is it a Hugging Face model directory?")
     try:
-        config = json.loads(cfg.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LowbitError(f"{cfg} is not valid JSON ({e}); restore it from the original model") from e
+        config = read_json(cfg, "restore it from the original model")
     except OSError as e:
         raise LowbitError(f"cannot read {cfg} ({e})") from e
     if not isinstance(config, dict):

@@ -155,10 +155,12 @@ def dequantize_weight(
     if scales.numel() == 1:
         return dequantize(codes, scales.to(dtype).reshape(1, 1), zeros.to(dtype).reshape(1, 1))
     groups = scales.shape[1]
-    if not group_len and inp % groups == 0 or group_len * groups == inp:
+    if not group_len:
+        if inp % groups:
+            raise LowbitError(f"{groups} groups do not divide {inp} columns: pass the group length")
+        group_len = inp // groups
+    if group_len * groups == inp:
         g = codes.reshape(out, groups, -1)
         return dequantize(g, scales.to(dtype).unsqueeze(-1), zeros.to(dtype).unsqueeze(-1)).reshape(out, inp)
-    if not group_len:
-        raise LowbitError(f"{groups} groups do not divide {inp} columns: pass the group length")
     s, z = (expand_groups(t.to(dtype), group_len, inp) for t in (scales, zeros))
     return dequantize(codes, s, z)
