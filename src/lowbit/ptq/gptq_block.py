@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lowbit.models import BlockInputs, block_linears
+from lowbit.ptq.act_clip import calibrate_clips
 from lowbit.ptq.config import GPTQConfig
 from lowbit.ptq.gptq import HessianAccumulator, gptq_quantize
 from lowbit.ptq.registry import Weights, register_block
@@ -52,6 +53,7 @@ def gptq_block(block: nn.Module, config: GPTQConfig, inputs: BlockInputs | None)
     """GPTQ for every linear of the block on its calibration inputs (weights become their quantized values)."""
     if inputs is None:
         raise ValueError("gptq needs calibration inputs")
+    calibrate_clips(block, inputs)  # activation clips (W4A4 / W4A8) first: the Hessians see the final inputs
     linears = block_linears(block)
     stages, acc = block_hessians(linears, block, inputs)
     out: Weights = {}
