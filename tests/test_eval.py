@@ -9,6 +9,7 @@ from torch import nn
 from lowbit.data import calibration_windows
 from lowbit.errors import LowbitError
 from lowbit.eval import divergence, perplexity
+from lowbit.eval.perplexity import windows
 from lowbit.models import load_model
 
 
@@ -54,6 +55,10 @@ def test_divergence_is_exact_on_context_free_models(window, stride):
     assert res["reference_perplexity"] == pytest.approx(_exact_ppl(ref, ids), rel=1e-5)
     same = divergence(ref, ref, ids, window, stride, progress=False)
     assert same["kld_mean"] < 1e-6 and same["top1_agreement"] == 1.0
+    cache: list[torch.Tensor] = []
+    first = divergence(m, ref, ids, window, stride, progress=False, cache=cache)
+    again = divergence(m, None, ids, window, stride, progress=False, cache=cache)  # the reference is not run again
+    assert first == res and again == res and len(cache) == len(list(windows(ids.numel(), window, stride)))
 
 
 def test_perplexity_of_a_real_model_is_sane(tiny_models):

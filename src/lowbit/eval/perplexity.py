@@ -55,18 +55,31 @@ def perplexity(
 
 
 def divergence(
-    model: nn.Module, reference: nn.Module, ids: torch.Tensor, window: int = 512, stride: int = 256,
-    bos: int | None = None, progress: bool = True,
+    model: nn.Module, reference: nn.Module | None, ids: torch.Tensor, window: int = 512, stride: int = 256,
+    bos: int | None = None, progress: bool = True, cache: list[torch.Tensor] | None = None,
 ) -> dict:
     """Perplexity of both models and KL(reference || model) of the next-token distributions on the scored
-    positions of `perplexity`'s windows: mean and 99th percentile, top-1 agreement and mean logit cosine."""
+    positions of `perplexity`'s windows: mean and 99th percentile, top-1 agreement and mean logit cosine.
+
+    `cache`, a list kept by the caller, holds the reference's logits of each window: filled by the first call,
+    reused by later calls with the same ids and windows (the reference then runs once for many models).
+    """
     ids = _with_bos(ids, bos)
     spans = list(windows(ids.numel(), window, stride))
     nll, ref_nll, klds, same, cos = 0.0, 0.0, [], 0, 0.0
     with torch.no_grad():
-        for begin, end, new in tqdm(spans, desc="divergence", unit="win", disable=not progress, leave=False):
+        for i, (begin, end, new) in enumerate(tqdm(spans, desc="divergence", unit="win", disable=not progress,
+                                                   leave=False)):
             x, target = ids[begin:end], ids[begin + 1:end][-new:]
-            a, b = _logits(model, x)[-new:], _logits(reference, x)[-new:]
+            a = _logits(model, x)[-new:]
+            if cache is not None and i < len(cache):
+                b = cache[i]
+            else:
+                if reference is None:
+                    raise ValueError("divergence needs a reference model unless its cache holds every window")
+                b = _logits(reference, x)[-new:]
+                if cache is not None:
+                    cache.append(b)
             if a.shape != b.shape:
                 raise ValueError(f"the model has {a.shape[-1]} logits but the reference {b.shape[-1]}")
             la, lb = a.log_softmax(-1), b.log_softmax(-1)
