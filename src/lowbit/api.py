@@ -158,6 +158,8 @@ def evaluate(
         res["method"], res["bits"], res["group_size"] = qcfg.get("method"), qcfg["bits"], qcfg["group_size"]
         res["act_bits"] = qcfg.get("act_bits", 16)
         res["kv_bits"] = (qcfg.get("kv_cache") or {}).get("bits", 16)
+        for name in qcfg.get("embeddings", {}):  # a packed input embedding (and head): --head-bits
+            res["head_bits"] = qcfg.get("module_specs", {}).get(name, qcfg)["bits"]
     if loaded.family.kind == "causal":
         ids = tokenize_text(loaded.tokenizer, body)
         bos = getattr(loaded.tokenizer, "bos_token_id", None)
