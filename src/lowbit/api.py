@@ -19,7 +19,7 @@ from lowbit.memory import peak_rss_mb
 from lowbit.models import load_model, resolve_source
 from lowbit.models.checkpoint import load_with_tokenizer, read_quant_config, replace_linears
 from lowbit.models.load import ASSETS, context_length, read_config
-from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize
+from lowbit.ptq import CalibConfig, GPTQConfig, RTNConfig, quantize, quantize_head
 from lowbit.ptq.config import MethodConfig
 from lowbit.ptq.recipe import EXAMPLES, STEPS, load_recipe
 from lowbit.ptq.recipe import build as build_recipe
@@ -50,11 +50,14 @@ def make_config(
 def quantize_dir(
     src: str | Path, out: str | Path, config: MethodConfig, calib: str | Path | None = None,
     calib_config: CalibConfig | None = None, progress: bool = True, stream: bool = False, resume: bool = False,
+    head: WeightSpec | None = None,
 ) -> dict:
     """Load SRC, quantize it with `config` (sequential calibration for GPTQ) and write a checkpoint to OUT.
 
     With `stream`, the model is never loaded whole: blocks are read, quantized and written one at a time
-    (see lowbit.ptq.streaming), and `resume` continues an interrupted streaming run.
+    (see lowbit.ptq.streaming), and `resume` continues an interrupted streaming run. With `head`, the LM head and
+    the input embedding are then rounded to nearest in that format (lowbit.ptq.quantize_head; tied ones stay one
+    table); None keeps them in float.
     """
     out = Path(out)
     calib_config = calib_config or CalibConfig()
@@ -65,6 +68,8 @@ def quantize_dir(
         limit = context_length(read_config(src_path))
         check_calibration(calib_config.n_samples, calib_config.seq_len, limit, calib_config.batch_size)
         text = read_text(calib, "calibration") if calib is not None else _default_text("calib")
+    if (stream or resume) and head is not None:
+        raise LowbitError("--head-bits does not combine with --stream yet; drop --stream (or --head-bits)")
     if stream or resume:
         return _quantize_streaming(src_path, out, config, text if config.needs_calibration else None,
                                    calib_config, progress, resume, t0)
@@ -80,6 +85,8 @@ def quantize_dir(
             "act_bits": getattr(config, "act_bits", 16)}
     if result.report is not None:
         meta["report"] = result.report
+    if head is not None:  # last, on the final weights (after any rotation, scaling or untying)
+        meta["head"] = quantize_head(loaded.model, loaded.family, head)
     if tokens is not None:
         meta["calibration"] = {**calibration_record(text, calib_config), "samples": int(tokens.shape[0]),
                                "seq_len": int(tokens.shape[1]),
@@ -89,7 +96,8 @@ def quantize_dir(
             "kv_bits": (qcfg.get("kv_cache") or {}).get("bits", 16),
             "group_size": config.weight.group_size, "bits_per_weight": qcfg["bits_per_weight"],
             "quantize_seconds": result.seconds, "total_seconds": time.perf_counter() - t0,
-            "peak_rss_mb": peak_rss_mb(), "calib_activation_mb": result.calib_bytes / 2**20}
+            "peak_rss_mb": peak_rss_mb(), "calib_activation_mb": result.calib_bytes / 2**20,
+            "head": meta.get("head"), "bytes": weight_bytes(out)}
 
 
 def _quantize_streaming(src: Path, out: Path, config: MethodConfig, text: str | None, calib_config: CalibConfig,
@@ -150,6 +158,8 @@ def evaluate(
         res["method"], res["bits"], res["group_size"] = qcfg.get("method"), qcfg["bits"], qcfg["group_size"]
         res["act_bits"] = qcfg.get("act_bits", 16)
         res["kv_bits"] = (qcfg.get("kv_cache") or {}).get("bits", 16)
+        for name in qcfg.get("embeddings", {}):  # a packed input embedding (and head): --head-bits
+            res["head_bits"] = qcfg.get("module_specs", {}).get(name, qcfg)["bits"]
     if loaded.family.kind == "causal":
         ids = tokenize_text(loaded.tokenizer, body)
         bos = getattr(loaded.tokenizer, "bos_token_id", None)

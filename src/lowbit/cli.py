@@ -24,6 +24,7 @@ MAX_NEW_TOKENS = 1 << 20
 def _quantize(a: argparse.Namespace) -> None:
     from lowbit import api
     from lowbit.ptq import CalibConfig
+    from lowbit.quantizers import WeightSpec
 
     if a.resume and not a.stream:
         raise LowbitError("--resume continues an interrupted --stream run; pass --stream --resume")
@@ -32,10 +33,12 @@ def _quantize(a: argparse.Namespace) -> None:
                              recipe=a.recipe, damp=a.damp, act_order=not a.no_act_order,
                              true_sequential=a.true_sequential)
     calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size, seed=a.calib_seed)
-    res = api.quantize_dir(a.src, a.out, config, a.calib, calib, stream=a.stream, resume=a.resume)
+    head = None if a.head_bits == 16 else WeightSpec(a.head_bits, a.head_group_size, True, a.range)
+    res = api.quantize_dir(a.src, a.out, config, a.calib, calib, stream=a.stream, resume=a.resume, head=head)
     print(api.describe(res) if a.json else
           f"wrote {res['out']}: {config.weight.describe()} A{res.get('act_bits', 16)}"
           f"{'' if res.get('kv_bits', 16) == 16 else ' KV' + str(res['kv_bits'])} via {res['method']}, "
+          f"{'' if head is None else 'head and embedding ' + head.describe() + ', '}"
           f"{res['bits_per_weight']:.3f} bits/weight, "
           f"{res['quantize_seconds']:.1f} s quantizing, peak RSS {res['peak_rss_mb']:.0f} MiB")
 
@@ -162,6 +165,14 @@ def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def head_bits(text: str) -> int:
+    """An argparse type: --head-bits, an integer 2-8, or 16 (keep the head in float)."""
+    v = text.strip()
+    if v not in [str(b) for b in (*range(2, 9), 16)]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of 2-8, or 16 to keep the head in float")
+    return int(v)
+
+
 def finite_float(low: float, high: float = math.inf) -> Callable[[str], float]:
     """An argparse type: a finite number in [low, high]."""
     def parse(text: str) -> float:
@@ -193,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=int, default=128, help="group size along the input dim; 0 per channel")
     q.add_argument("--asym", action="store_true", help="asymmetric ranges (a zero point per group)")
     q.add_argument("--range", default="minmax", help="range estimation: minmax or mse (shrink search)")
+    q.add_argument("--head-bits", type=head_bits, default=16,
+                   help="LM head and input embedding bits: 16 keeps them in float (default), 2-8 rounds them to "
+                        "nearest, symmetric (tied embeddings stay one table)")
+    q.add_argument("--head-group-size", type=int, default=64,
+                   help="group size of the head and embedding (default 64: a multiple of GGUF's blocks of 32)")
     q.add_argument("--true-sequential", action="store_true", help="GPTQ: re-collect each stage's inputs")
     q.add_argument("--calib", help="calibration text file (default: the demo's calibration split)")
     q.add_argument("--n-samples", type=at_least(1), default=128, help="calibration windows (default 128)")

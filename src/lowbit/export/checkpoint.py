@@ -12,13 +12,13 @@ from pathlib import Path
 from torch import nn
 
 from lowbit.files import atomic_output, save_safetensors, write_json, write_manifest
-from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.checkpoint import (
     QUANT_FILE,
     checkpoint_state,
     copy_side_files,
     load,
     load_with_tokenizer,
+    packed_layout,
     quant_config,
     read_quant_config,
     replace_linears,
@@ -36,19 +36,17 @@ def save_quantized(
 ) -> dict:
     """Pack the quantized weights (if not packed already) and write the checkpoint atomically; returns its config.
 
-    The model's run-time transforms (activation quantizers, online Hadamard, KV-cache quantization) are
-    recorded beside `meta`, so that loading restores them.
+    Modules may have their own formats (an 8-bit head beside 4-bit blocks), and a packed input embedding is
+    stored once however many paths it serves (tied embeddings). The model's run-time transforms (activation
+    quantizers, online Hadamard, KV-cache quantization) are recorded beside `meta`, so that loading restores them.
     """
     config = json.loads((src / "config.json").read_text())
     if weights:
         replace_linears(model, weights)
-    packed = {n: m for n, m in model.named_modules() if isinstance(m, PackedLinear)}
-    specs = {m.spec for m in packed.values()}
-    if len(specs) != 1:
-        raise ValueError("one weight spec per checkpoint is supported")
-    bits = sum(m.storage_bits() for m in packed.values())
-    numel = sum(m.in_features * m.out_features for m in packed.values())
-    qcfg = quant_config(specs.pop(), list(packed), bits / numel, {**meta, **runtime_transforms(model)})
+    specs, embeddings, bits_per_weight = packed_layout(model)
+    if not specs:
+        raise ValueError("the model has no packed modules to save")
+    qcfg = quant_config(specs, bits_per_weight, {**meta, **runtime_transforms(model)}, embeddings)
     with atomic_output(out, directory=True) as tmp:
         copy_side_files(src, tmp)
         if config.get("tie_word_embeddings") and not getattr(model.config, "tie_word_embeddings", True):

@@ -130,6 +130,10 @@ def export_compressed_tensors(src: ExportSource, out: Path, rtn_spec: WeightSpec
     if src.quantized:
         spec, rtn = src.spec, None
         packed = [n for n in src.linear_names() if src.is_packed(n)]
+        if src.embeddings or len({src.model.get_submodule(n).spec for n in packed}) > 1:
+            raise LowbitError(f"{src.path} has a packed input embedding and LM head (lowbit quantize --head-bits): "
+                              "compressed-tensors holds float embeddings and one weight format here; export a "
+                              "checkpoint quantized without --head-bits, or use --format gguf")
     else:
         note(f"{src.path} is not quantized: quantizing its block linears with RTN {rtn_spec.describe()} "
              "(give a lowbit checkpoint to carry GPTQ codes over instead)")

@@ -10,7 +10,11 @@ channel, and every code - zero in the type's integer range: symmetric <= 4 bits 
 asymmetric <= 7 bits for Q8_0) are carried over as they are: the GGUF blocks decode to exactly our weights.
 Everything else is re-quantized from the dequantized weights, and the console says so. Q4_K_M mixes Q4_K with
 Q6_K for the attn_v and ffn_down tensors llama.cpp's own Q4_K_M picks. Embeddings and the LM head keep their
-stored precision (F16, or F32 for other dtypes); norms are F32.
+stored precision (F16, or F32 for other dtypes); norms are F32. A packed embedding and head (lowbit quantize
+--head-bits) are written whatever the file's type from their codes as the smallest type that holds them exactly
+(`exact_type`: symmetric <= 4 bits as Q4_0, <= 8 bits as Q8_0, in groups of a multiple of 32; 8-bit g64 is
+Q8_0 with each group's fp16 scale in two blocks), else as F16 from the dequantized weights, with a note; a tied
+head is the embedding (token_embd), which llama.cpp uses when there is no output tensor.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from lowbit.files import atomic_output
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.models.families import GGUFNames
 from lowbit.models.families.llama import LLAMA_GGUF
-from lowbit.quantizers import expand_groups
+from lowbit.quantizers import WeightSpec, expand_groups
 
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q4_0", "Q4_K", "Q4_K_M")
 # llama.cpp's LlamaFileType: MOSTLY_Q8_0, MOSTLY_Q6_K, MOSTLY_Q4_0, MOSTLY_Q4_K_S, MOSTLY_Q4_K_M
@@ -136,6 +140,16 @@ def carry_over(m: PackedLinear, kind: str) -> tuple[torch.Tensor, torch.Tensor] 
     return x, d.contiguous()
 
 
+def exact_type(spec: WeightSpec, in_features: int) -> str | None:
+    """The smallest GGUF type (Q4_0, Q8_0) whose blocks hold every packed weight of `spec` exactly (`carry_over`
+    then succeeds whatever the codes), or None: groups a multiple of 32 and every possible code - zero in range."""
+    if in_features % QK or (spec.group_size > 0 and spec.group_size % QK):
+        return None
+    lo, hi = (-(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1) if spec.symmetric else (1 - 2**spec.bits,
+                                                                                          2**spec.bits - 1)
+    return next((kind for kind, (a, b) in INT_RANGE.items() if a <= lo and hi <= b), None)
+
+
 def more_bits(gname: str, n_layers: int) -> bool:
     """Whether llama.cpp's Q4_K_M gives this tensor Q6_K: attn_v and ffn_down of the first and last eighth of
     the layers and of every third layer between (llama_tensor_get_type's use_more_bits)."""
@@ -190,6 +204,25 @@ def tensor_info(kind: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], np.
     block, size = gguf.GGML_QUANT_SIZES[raw]
     rows, cols = shape
     return (rows, cols // block * size), np.dtype(np.uint8), rows * (cols // block * size), raw
+
+
+def _table_jobs(src: ExportSource, names: GGUFNames, linears: list[str]) -> list[tuple[str, str, object, list]]:
+    """Jobs for the packed tables outside the blocks (a packed input embedding, an untied packed head): their
+    codes as the GGUF type that holds them exactly, else their dequantized values in F16, said on the console.
+    A tied head is the embedding itself and is not written (llama.cpp reads token_embd for it)."""
+    jobs: list[tuple[str, str, object, list]] = []
+    for name in [n for n in src.linear_names() if src.is_packed(n) and n not in linears]:
+        shell = src.model.get_submodule(name)
+        gname = gguf_name(f"{name}.weight", names)
+        kind = exact_type(shell.spec, shell.in_features)
+        if kind is None:
+            kind = "F16"
+            note(f"{gname}: {shell.spec.describe()} codes fit no GGUF block type exactly (Q4_0 and Q8_0 need "
+                 "groups of a multiple of 32 and codes in their range); written as F16 from the dequantized values, "
+                 "rounded to fp16")
+        jobs.append(("table", name, (kind, None), [(gname, tensor_info(kind, (shell.out_features,
+                                                                              shell.in_features)))]))
+    return jobs
 
 
 def write_metadata(w, src: ExportSource, hp: dict, vocab: dict, qtype: str) -> None:  # w: gguf.GGUFWriter
@@ -260,6 +293,8 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
         if shell.bias is not None:
             tensors.append((f"{gname}.bias", tensor_info("F32", (shell.out_features,))))
         jobs.append(("linear", name, (kind, perm), tensors))
+    tables = _table_jobs(src, names, linears)
+    jobs += tables
     kinds: Counter = Counter()
     with atomic_output(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), names.arch)
@@ -277,7 +312,8 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
             kind, perm = how
             m = src.linear(name)
             data, exact = linear_tensor(m, kind, perm)
-            kinds[f"{kind} {'carried over' if exact else 're-quantized'}" if kind != "F16" else "F16"] += 1
+            if what == "linear":
+                kinds[f"{kind} {'carried over' if exact else 're-quantized'}" if kind != "F16" else "F16"] += 1
             w.write_tensor_data(np.ascontiguousarray(data))
             if m.bias is not None:
                 b = m.bias.data.float()
@@ -288,5 +324,6 @@ def export_gguf(src: ExportSource, out: Path, qtype: str) -> dict:
         note(f"{requant} of {len(linears)} linear weights were re-quantized from the dequantized "
              f"{src.spec.describe()} weights into {qtype}: the format does not map onto it exactly ({dict(kinds)})")
     return {"out": str(out), "format": "gguf", "type": qtype, "tensors": dict(kinds),
+            "tables": {t[3][0][0]: t[2][0] for t in tables},
             "carried_over": sum(v for k, v in kinds.items() if "carried" in k), "linears": len(linears),
             "bytes": out.stat().st_size}

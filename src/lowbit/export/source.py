@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from torch import nn
 from lowbit.errors import LowbitError, not_finite
 from lowbit.files import atomic_output as atomic_file  # noqa: F401 (re-exported: its old home)
 from lowbit.kernels.qlinear import PackedLinear
-from lowbit.models.checkpoint import install_packed, read_quant_config, spec_of, storage_dtype
+from lowbit.models.checkpoint import install_packed, module_specs, read_quant_config, spec_of, storage_dtype
 from lowbit.models.families import Family, block_linears
 from lowbit.models.stream import TensorIndex, check_tensor, key_mismatch
 from lowbit.quantizers import WeightSpec, quantize_weight
@@ -31,7 +31,8 @@ class ExportSource:
     family: Family
     model: nn.Module  # on the meta device: module types, names and shapes, no storage
     index: TensorIndex
-    spec: WeightSpec | None  # the packed format of a lowbit checkpoint; None for a full-precision directory
+    spec: WeightSpec | None  # the packed format of a lowbit checkpoint (its top level); None for a float directory
+    embeddings: dict[str, list[str]] = field(default_factory=dict)  # packed embeddings: the other paths they serve
 
     @property
     def quantized(self) -> bool:
@@ -70,6 +71,8 @@ class ExportSource:
         return [k for k in names if k in self.index or not self._tied(k)]
 
     def _tied(self, name: str) -> bool:
+        if name.rpartition(".")[0] in {a for aliases in self.embeddings.values() for a in aliases}:
+            return True  # a tied head that is the packed embedding itself: stored under the embedding's name
         return name == self.family.head and self.family.ties_head(self.config)
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -125,12 +128,12 @@ def open_source(src: str | Path) -> ExportSource:
     except Exception as e:
         raise LowbitError(f"cannot build the model that {path}/config.json describes ({type(e).__name__}: "
                           f"{str(e)[:300]})") from e
-    spec = None
+    spec, embeddings = None, {}
     if qcfg is not None:
-        spec = spec_of(qcfg)
+        spec, embeddings = spec_of(qcfg), qcfg.get("embeddings", {})
         with torch.device("meta"):
-            install_packed(model, qcfg["modules"], spec)
-    source = ExportSource(path, config, family, model, index, spec)
+            install_packed(model, module_specs(qcfg), embeddings=embeddings)
+    source = ExportSource(path, config, family, model, index, spec, embeddings)
     _check_tensors(source)
     return source
 

@@ -31,9 +31,12 @@ _SOURCE = GEMV_SOURCE  # compiles on its own (tests build it alone with _FLAGS)
 _FLAGS = FLAGS
 
 
-def dense_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """layer(x) for a plain bf16 nn.Linear; at a few rows through our bf16 GEMV (exact products, fp32 sums),
-    which is several times faster than PyTorch's at batch 1 here. Hooks on `layer` are honoured."""
+def dense_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """layer(x); for a plain bf16 nn.Linear at a few rows through our bf16 GEMV (exact products, fp32 sums),
+    which is several times faster than PyTorch's at batch 1 here. Hooks on `layer` are honoured; a packed head
+    (PackedLinear, or a tied PackedEmbedding) runs its own kernels."""
+    if not isinstance(layer, nn.Linear):
+        return layer(x)
     w = layer.weight
     rows = x.numel() // w.shape[1]
     fits = (w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16 and rows <= PREFILL_ROWS and w.shape[1] % 32 == 0

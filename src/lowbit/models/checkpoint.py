@@ -1,15 +1,24 @@
 """lowbit's own checkpoint format, and loading it: a Hugging Face directory whose block linears stay packed.
 
 Layout: config.json and tokenizer files copied from the source; model.safetensors (or shards written by a
-streaming run) with every tensor of the model except the quantized linear weights, which are replaced by
+streaming run) with every tensor of the model except the quantized weights, which are replaced by
 `<name>.qweight` (packed codes, uint8, LSB-first bit stream per row), `<name>.scales` (fp16 [out, groups]) and,
 for asymmetric formats, `<name>.qzeros` (packed codes [out, ceil(groups/8)*bits]); lowbit_quant.json says how
 each was quantized and which run-time transforms (activation quantizers, online Hadamard, KV cache) apply.
+
+lowbit_quant.json: `modules` lists every packed module; `bits`, `group_size`, `symmetric` and `range` give the
+format of each one that `module_specs` does not name (version 1 files have no `module_specs`: one format for
+all). Version 2 adds, where needed, `module_specs` ({module: {"bits", "group_size", "symmetric", "range"}}, the
+modules of another format, e.g. an 8-bit LM head beside 4-bit blocks) and `embeddings` ({module: [aliases]}:
+packed input embeddings, [vocab, hidden] tables stored like a head's weight [out, in]; `aliases` are the other
+module paths the same module serves, e.g. ["lm_head"] for tied embeddings, whose codes are stored once, under
+the embedding's name). `bits_per_weight` is the storage of every packed module over their weight count.
 Writing lives in lowbit.export.checkpoint and lowbit.ptq.streaming; both build their files from the pieces here.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -17,12 +26,14 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.files import copy_file, hash_files, read_json
+from lowbit.kernels.embedding import PackedEmbedding
 from lowbit.kernels.qlinear import PackedLinear
 from lowbit.quantizers import QuantizedWeight, WeightSpec, kv
 from lowbit.quantizers import activation as act
+from lowbit.quantizers.weight import RANGES
 
 QUANT_FILE = "lowbit_quant.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # version 1 (one format, no packed embeddings) is still written when it suffices
 # The only side files copied into outputs: what transformers and sentence-transformers read beside the weights.
 SIDE_FILES = frozenset((
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -38,11 +49,35 @@ def storage_dtype(config: dict) -> torch.dtype:
     return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(name), torch.float32)
 
 
-def quant_config(spec: WeightSpec, modules: list[str], bits_per_weight: float, meta: dict) -> dict:
-    """The contents of lowbit_quant.json for packed `modules` of one weight format, plus run metadata."""
-    return {"format": "lowbit", "version": FORMAT_VERSION, "bits": spec.bits, "group_size": spec.group_size,
-            "symmetric": spec.symmetric, "range": spec.range, "packing": "uint8-lsb-first",
-            "modules": sorted(modules), "bits_per_weight": bits_per_weight, **meta}
+def quant_config(specs: dict[str, WeightSpec], bits_per_weight: float, meta: dict,
+                 embeddings: dict[str, list[str]] | None = None) -> dict:
+    """The contents of lowbit_quant.json for packed modules of the given formats (by name), plus run metadata:
+    the most common format at the top level, the others in `module_specs` (see the module docstring)."""
+    top = Counter(specs.values()).most_common(1)[0][0]
+    others = {n: spec_json(s) for n, s in sorted(specs.items()) if s != top}
+    extra: dict = {"module_specs": others} if others else {}
+    if embeddings:
+        extra["embeddings"] = {n: sorted(a) for n, a in sorted(embeddings.items())}
+    return {"format": "lowbit", "version": 2 if extra else 1, **spec_json(top), "packing": "uint8-lsb-first",
+            "modules": sorted(specs), **extra, "bits_per_weight": bits_per_weight, **meta}
+
+
+def spec_json(spec: WeightSpec) -> dict:
+    """A weight format as lowbit_quant.json records it."""
+    return {"bits": spec.bits, "group_size": spec.group_size, "symmetric": spec.symmetric, "range": spec.range}
+
+
+def packed_layout(model: nn.Module) -> tuple[dict[str, WeightSpec], dict[str, list[str]], float]:
+    """The packed modules of a model (each once, by name) with their formats, its packed embeddings with the other
+    paths each one serves (a tied LM head), and the bits per weight of them all."""
+    packed = {n: m for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    paths: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(m), []).append(n)
+    embeddings = {n: [a for a in paths[id(m)] if a != n] for n, m in packed.items() if isinstance(m, PackedEmbedding)}
+    bits = sum(m.storage_bits() for m in packed.values())
+    numel = sum(m.in_features * m.out_features for m in packed.values())
+    return {n: m.spec for n, m in packed.items()}, embeddings, bits / max(numel, 1)
 
 
 def copy_side_files(src: Path, dst: Path, folders: bool = True, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -108,21 +143,44 @@ def replace_linears(model: nn.Module, weights: dict[str, QuantizedWeight]) -> No
     act.install(model, list(weights))
 
 
-def install_packed(root: nn.Module, names: list[str], spec: WeightSpec, dtype: torch.dtype | None = None) -> None:
-    """Swap the named linears (relative to `root`) for empty PackedLinear modules of `spec`, to load into."""
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        try:
-            parent = root.get_submodule(parent_name) if parent_name else root
-            lin = getattr(parent, child)
-        except AttributeError:
-            raise LowbitError(f"{QUANT_FILE} names the module {name}, which the model that config.json describes does "
-                              "not have; the checkpoint is damaged or its config.json was changed") from None
-        if not isinstance(lin, nn.Linear):
-            raise LowbitError(f"{QUANT_FILE} names {name}, a {type(lin).__name__}, as a quantized linear layer; the "
+def install_packed(root: nn.Module, specs: dict[str, WeightSpec], dtype: torch.dtype | None = None,
+                   embeddings: dict[str, list[str]] | None = None) -> None:
+    """Swap the named linears (relative to `root`) for empty PackedLinear modules of their formats, and the
+    named `embeddings` for empty PackedEmbedding modules, each also set at its alias paths (a tied head), to load
+    into."""
+    embeddings = embeddings or {}
+    for name, spec in specs.items():
+        parent, child, old = _module_at(root, name)
+        if name in embeddings:
+            if not isinstance(old, nn.Embedding):
+                raise LowbitError(f"{QUANT_FILE} names {name}, a {type(old).__name__}, as a packed embedding; the "
+                                  "checkpoint is damaged")
+            scale = getattr(old, "embed_scale", None)  # Gemma's, multiplied after the lookup
+            shell: PackedLinear = PackedEmbedding(old.num_embeddings, old.embedding_dim, spec,
+                                                  None if scale is None else float(scale), old.weight.dtype)
+            for alias in embeddings[name]:
+                a_parent, a_child, lin = _module_at(root, alias)
+                if not isinstance(lin, nn.Linear) or (lin.out_features, lin.in_features) != tuple(old.weight.shape):
+                    raise LowbitError(f"{QUANT_FILE} ties {alias} to the embedding {name}, but it is not a linear "
+                                      "layer of the embedding's shape; the checkpoint is damaged")
+                setattr(a_parent, a_child, shell)
+        elif not isinstance(old, nn.Linear):
+            raise LowbitError(f"{QUANT_FILE} names {name}, a {type(old).__name__}, as a quantized linear layer; the "
                               "checkpoint is damaged")
-        shell = PackedLinear(lin.in_features, lin.out_features, spec, lin.bias is not None)
-        setattr(parent, child, shell if dtype is None else shell.to(dtype))
+        else:
+            shell = PackedLinear(old.in_features, old.out_features, spec, old.bias is not None)
+        setattr(parent, child, shell if dtype is None else shell.to(dtype))  # (Module.to works in place)
+
+
+def _module_at(root: nn.Module, name: str) -> tuple[nn.Module, str, nn.Module]:
+    """(parent, attribute name, module) of a module path, or a clear error for a damaged checkpoint."""
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = root.get_submodule(parent_name) if parent_name else root
+        return parent, child, getattr(parent, child)
+    except AttributeError:
+        raise LowbitError(f"{QUANT_FILE} names the module {name}, which the model that config.json describes does "
+                          "not have; the checkpoint is damaged or its config.json was changed") from None
 
 
 def runtime_transforms(model: nn.Module) -> dict:
@@ -162,31 +220,60 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_names(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(m, str) and m for m in v) and len(set(v)) == len(v)
+
+
+SPEC_KEYS = (("bits", "an integer 1-8", lambda v: _is_int(v) and 1 <= v <= 8),
+             ("group_size", "an integer >= -1", lambda v: _is_int(v) and v >= -1),
+             ("symmetric", "true or false", lambda v: isinstance(v, bool)),
+             ("range", f"one of {', '.join(RANGES)}", lambda v: v in RANGES))
+
+
+def _check(d: dict, where: str, checks: tuple, optional: tuple[str, ...] = ()) -> None:
+    """Each (key, what is expected, test) of `checks` holds in `d` (keys in `optional` may be missing)."""
+    for key, want, ok in checks:
+        if (key in d or key not in optional) and not ok(d.get(key)):
+            raise LowbitError(f"{where}{key} is {d.get(key, 'missing')!r}, {want} expected; the checkpoint is damaged")
+
+
 def check_quant_config(cfg: dict, f: Path) -> None:
     """Refuse a lowbit_quant.json with missing keys, values of the wrong type or implausible metadata."""
-    def bad(key: str, want: str) -> LowbitError:
-        return LowbitError(f"{f}: {key} is {cfg.get(key, 'missing')!r}, {want} expected; the checkpoint is damaged")
-
-    for key, want, ok in (("bits", "an integer 1-8", lambda v: _is_int(v) and 1 <= v <= 8),
-                          ("group_size", "an integer >= -1", lambda v: _is_int(v) and v >= -1),
-                          ("symmetric", "true or false", lambda v: isinstance(v, bool)),
-                          ("modules", "a list of module names", lambda v: isinstance(v, list) and all(
-                              isinstance(m, str) and m for m in v) and len(set(v)) == len(v)),
-                          ("act_bits", "16, 8 or 4", lambda v: v in (4, 8, 16) and _is_int(v))):
-        if (key in cfg or key != "act_bits") and not ok(cfg.get(key)):
-            raise bad(key, want)
-    bpw = cfg.get("bits_per_weight")
-    if "bits_per_weight" in cfg and not (isinstance(bpw, int | float) and not isinstance(bpw, bool)
-                                         and cfg["bits"] <= bpw <= cfg["bits"] + 40):
-        raise bad("bits_per_weight", f"a number between {cfg['bits']} (the bits) and {cfg['bits'] + 40}")
+    where = f"{f}: "
+    _check(cfg, where, SPEC_KEYS + (("modules", "a list of module names", _is_names),), optional=("range",))
+    modules = set(cfg["modules"])
+    _check(cfg, where, (
+        ("act_bits", "16, 8 or 4", lambda v: v in (4, 8, 16) and _is_int(v)),
+        ("module_specs", "an object {module: format} of listed modules",
+         lambda v: isinstance(v, dict) and set(v) <= modules and all(isinstance(x, dict) for x in v.values())),
+        ("embeddings", "an object {module: [aliases]} of listed modules",
+         lambda v: isinstance(v, dict) and set(v) <= modules and all(map(_is_names, v.values()))),
+    ), optional=("act_bits", "module_specs", "embeddings"))
+    for name, d in cfg.get("module_specs", {}).items():
+        _check(d, f"{where}module_specs[{name!r}].", SPEC_KEYS, optional=("range",))
+    aliases = [a for names in cfg.get("embeddings", {}).values() for a in names]
+    if len(set(aliases)) != len(aliases) or set(aliases) & modules:
+        raise LowbitError(f"{where}embeddings ties {aliases} to packed embeddings, but a module is named twice or is "
+                          "packed itself; the checkpoint is damaged")
+    bits = [s.bits for s in module_specs(cfg).values()] or [cfg["bits"]]
+    lo, hi = min(bits), max(bits) + 40
+    _check(cfg, where, (("bits_per_weight", f"a number between {lo} (the bits) and {hi}", lambda v: isinstance(
+        v, int | float) and not isinstance(v, bool) and lo <= v <= hi),), optional=("bits_per_weight",))
     for key in ("input_transforms", "kv_cache"):
         if cfg.get(key) is not None and not isinstance(cfg[key], dict | list):
-            raise bad(key, "a JSON object")
+            raise LowbitError(f"{where}{key} is {cfg[key]!r}, a JSON object expected; the checkpoint is damaged")
 
 
 def spec_of(qcfg: dict) -> WeightSpec:
-    """The weight format a lowbit_quant.json describes."""
+    """The weight format a lowbit_quant.json gives at its top level (that of every module not in module_specs)."""
     return WeightSpec(qcfg["bits"], qcfg["group_size"], qcfg["symmetric"])
+
+
+def module_specs(qcfg: dict) -> dict[str, WeightSpec]:
+    """The weight format of every packed module a lowbit_quant.json lists."""
+    top, own = spec_of(qcfg), qcfg.get("module_specs", {})
+    return {n: WeightSpec(own[n]["bits"], own[n]["group_size"], own[n]["symmetric"]) if n in own else top
+            for n in qcfg["modules"]}
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -222,7 +309,7 @@ def load_with_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32):  
     on_meta = fam.meta_buildable(model)
     if not on_meta:
         model = build_from_config(p, fam.kind, dtype)
-    install_packed(model, qcfg["modules"], spec_of(qcfg), dtype)
+    install_packed(model, module_specs(qcfg), dtype, qcfg.get("embeddings"))
     if on_meta:
         model.to_empty(device="cpu")
         fam.rebuild_rotary(model)

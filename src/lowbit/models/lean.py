@@ -72,7 +72,7 @@ class LeanDecoder:
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
-        self.dtype = self.embed.weight.dtype
+        self.dtype = self.final_norm.weight.dtype  # (a packed embedding has no float weight)
         shape = (len(layers), self.kv_heads, max_len, self.head_dim)
         self.k = torch.zeros(shape)  # fp32 cache: small at batch 1, and bf16 matmuls of this size are slow here
         self.v = torch.zeros(shape)

@@ -12,6 +12,7 @@ from torch import nn
 from lowbit.data.text import Tokenizer
 from lowbit.errors import LowbitError, not_finite
 from lowbit.files import inside, read_json
+from lowbit.kernels.embedding import PackedEmbedding
 from lowbit.models.families import Family, family_for, family_of_model, supported_types
 from lowbit.models.stream import read_header
 
@@ -178,10 +179,13 @@ def load_weights(model: nn.Module, fam: Family, files: list[Path]) -> None:
         blocks = fam.blocks_prefix(model)
     except Exception:  # a config whose blocks cannot be found still gets the plain mismatch message
         blocks = None
-    if hasattr(model, "tie_weights"):  # to_empty() may have split tied parameters: tie them before and after
+    # to_empty() may have split tied parameters: tie them before and after (a packed embedding is tied already:
+    # one module at both paths, which transformers' tying cannot handle)
+    tie = hasattr(model, "tie_weights") and not any(isinstance(m, PackedEmbedding) for m in model.modules())
+    if tie:
         model.tie_weights()
     load_into(model, files, fam.head, blocks)
-    if hasattr(model, "tie_weights"):
+    if tie:
         model.tie_weights()
 
 

@@ -137,15 +137,19 @@ def load_into(model: torch.nn.Module, files: list[Path], head: str | None = None
     (names of missing or unexpected tensors, or the layer counts) when the files do not hold exactly its tensors.
 
     `head` (the LM-head weight) may be missing from the files when the model ties it to another tensor that is
-    present (tied checkpoints do not store it); `blocks` (the blocks' prefix) lets the error give layer counts.
+    present (tied checkpoints do not store it), as may the tensors of a module that is the same module as another
+    (a packed embedding serving as the tied head, at its second path); `blocks` (the blocks' prefix) lets the
+    error give layer counts.
     """
     state = model.state_dict()
     params = model.state_dict(keep_vars=True)
     names: set[str] = set()
     for f in files:
         names |= set(read_header(f)[1])
-    tied = {k for k in state if k not in names and head is not None and k.endswith(head)
-            and any(params[k] is params[o] for o in names & set(params))}
+    present = [params[o] for o in names & set(params)]
+    aliases = {n for n, _ in model.named_modules(remove_duplicate=False)} - {n for n, _ in model.named_modules()}
+    tied = {k for k in state if k not in names and (head is not None and k.endswith(head) or k.rpartition(".")[0]
+                                                    in aliases) and any(params[k] is t for t in present)}
     problem = key_mismatch(set(state) - tied, names, files[0].parent, blocks)
     if problem:
         raise LowbitError(problem)

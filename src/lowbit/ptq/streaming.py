@@ -83,7 +83,7 @@ def _load_block(block: nn.Module, prefix: str, index: TensorIndex) -> None:
 def _load_packed_block(block: nn.Module, prefix: str, shard: Path, spec: WeightSpec) -> None:
     """Rebuild an already-quantized block (packed linears) from its shard, for resuming."""
     block.to_empty(device="cpu")
-    install_packed(block, list(block_linears(block)), spec)
+    install_packed(block, dict.fromkeys(block_linears(block), spec))
     index = TensorIndex([shard])
     with torch.no_grad():
         for name, t in block.state_dict(keep_vars=True).items():
@@ -202,7 +202,7 @@ def quantize_streaming(
     write_json(partial / "model.safetensors.index.json", {"metadata": {"format": "lowbit"}, "weight_map": weight_map},
                indent=1)
     copy_side_files(src, partial, folders=False)
-    qcfg = quant_config(spec, [m for d in done.values() for m in d["modules"]],
+    qcfg = quant_config(dict.fromkeys([m for d in done.values() for m in d["modules"]], spec),
                         sum(d["bits"] for d in done.values()) / sum(d["numel"] for d in done.values()),
                         {"method": config.method, "streamed": True, "quantize_seconds": round(state["seconds"], 3),
                          **(meta or {})})

@@ -177,7 +177,9 @@ class Family:
     def tied(self, model: nn.Module) -> bool:
         """Whether the LM head is missing or shares the input embedding's weight."""
         head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-        return head is None or cast(nn.Module, head).weight is cast(nn.Module, emb).weight
+        if head is None or head is emb:  # (a packed embedding serving as the head is one module at both paths)
+            return True
+        return getattr(head, "weight", None) is getattr(emb, "weight", False)
 
     def ties_head(self, config: dict) -> bool:
         """Whether a config.json (as a dict) ties the LM head to the input embedding (no head tensor stored)."""
