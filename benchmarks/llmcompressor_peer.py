@@ -17,7 +17,8 @@ Settings, matched to lowbit's GPTQ: 4-bit symmetric integer weights, group-wise 
 exactly as asked, through config_groups / QuantizationScheme), every Linear but lm_head, dampening_frac 0.01,
 fp16 scales (lowbit stores fp16 scales), block_size 128, model in fp32. Activation ordering is llm-compressor's
 default, "static" (= "weight": columns visited in descending Hessian-diagonal order, groups kept in the
-original column order), the same idea as lowbit's act_order=True with static groups.
+original column order, each group's scale fitted on the original weights before the GPTQ pass), close to
+lowbit's act_order=True (same order and groups; lowbit fits a group's scale when its first column is reached).
 
 Use from the main environment:
     from benchmarks.llmcompressor_peer import run_gptq
