@@ -174,7 +174,8 @@ def load_gguf_into(model: nn.Module, gguf_path: str | Path, arch: str | None = N
         raise LowbitError(f"{gguf_path}: architecture {arch!r} is not supported here; supported: {', '.join(UNDONE)}")
     enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
     tmap = gguf.get_tensor_name_map(enum, int(_field(reader, f"{arch}.block_count")))
-    heads = (int(_field(reader, f"{arch}.attention.head_count")), int(_field(reader, f"{arch}.attention.head_count_kv")))
+    heads = (int(_field(reader, f"{arch}.attention.head_count")),
+             int(_field(reader, f"{arch}.attention.head_count_kv")))
     params = dict(model.named_parameters())  # tied weights appear once, under the embedding's name
     to_hf = {tmap.get_name(n, try_suffixes=(".weight", ".bias")): n for n in params}
     types: dict[str, str] = {}
