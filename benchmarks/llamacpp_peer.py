@@ -68,7 +68,7 @@ def _run(t: Tools, cmd: list[str | Path], what: str) -> str:
     p = subprocess.run(["nice", "-n", "10", *map(str, cmd)], env=env, capture_output=True, text=True)
     log = p.stdout + p.stderr
     if p.returncode != 0:
-        said = [ln.strip() for ln in log.splitlines() if ln.strip()][-3:]
+        said = [ln.strip() for ln in log.splitlines() if re.search(r"\w", ln)][-2:]
         raise LowbitError(f"llama.cpp {what} failed ({p.returncode}): {' | '.join(said)}")
     print(f"llama.cpp: {what} done in {time.perf_counter() - t0:.1f} s", flush=True)
     return log
