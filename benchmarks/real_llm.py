@@ -364,6 +364,8 @@ def main() -> None:
     ap.add_argument("--redo", action="store_true", help="run cells again even if results.json has them")
     ap.add_argument("--plot", default="docs/real_llm.png")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--merge", default="", help="other runs' results.json (comma-separated) to include in the "
+                    "table, plot and headline (e.g. peers run in a second process with their own --work)")
     args = ap.parse_args()
     names = args.models.split(",")
     cells = select(lowbit_cells() + peer_cells(), args.cells)
@@ -372,6 +374,8 @@ def main() -> None:
     results = load_results(path)
     for name in names:
         run_model(name, cells, args, results, path)
+    for other in filter(None, args.merge.split(",")):
+        results = {**load_results(Path(other)), **results}
     for name in names:
         print(table(results, name))
     print(f"wrote {plot(results, names, Path(args.plot))}", file=sys.stderr)
