@@ -310,8 +310,18 @@ def table(results: dict, name: str) -> str:
     return "\n".join(lines)
 
 
+def pareto(rows: list[dict]) -> list[dict]:
+    """The rows not beaten in both bytes and KLD by another row, by increasing bytes."""
+    front: list[dict] = []
+    for r in sorted(rows, key=lambda r: (r["bytes"], r["kld_mean"])):
+        if not front or r["kld_mean"] < front[-1]["kld_mean"]:
+            front.append(r)
+    return front
+
+
 def plot(results: dict, names: list[str], out: Path) -> Path:
-    """KLD against bytes, one line per tool (llama.cpp with and without imatrix apart), one panel per model."""
+    """KLD against bytes: every cell a point, one Pareto line per tool (llama.cpp with and without imatrix
+    apart), one panel per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,12 +336,14 @@ def plot(results: dict, names: list[str], out: Path) -> Path:
                 continue  # activation quantization is not a storage trade-off
             groups.setdefault(tool, []).append(r)
         for tool, rs in sorted(groups.items()):
-            rs.sort(key=lambda r: r["bytes"])
-            ax.plot([r["bytes"] / 1e6 for r in rs], [r["kld_mean"] for r in rs], "o-" if len(rs) > 1 else "o",
-                    label=tool, alpha=0.8)
-            if tool.startswith("llama.cpp"):
-                for r in rs:
-                    ax.annotate(r["qtype"], (r["bytes"] / 1e6, r["kld_mean"]), fontsize=7)
+            xs, ys = [r["bytes"] / 1e6 for r in rs], [r["kld_mean"] for r in rs]
+            front = pareto(rs)  # the line joins the cells no other cell of the tool beats in both size and KLD
+            (line,) = ax.plot([r["bytes"] / 1e6 for r in front], [r["kld_mean"] for r in front],
+                              "-" if len(front) > 1 else "", alpha=0.8, label=tool)
+            ax.scatter(xs, ys, color=line.get_color(), s=22, alpha=0.8)
+            for r in rs:
+                text = r["qtype"] if tool.startswith("llama.cpp") else r["label"]
+                ax.annotate(text, (r["bytes"] / 1e6, r["kld_mean"]), fontsize=6, alpha=0.8)
         ax.set_yscale("log")
         ax.set_xlabel("weight bytes (MB)")
         ax.set_ylabel("mean KL(fp || quantized), nats")
