@@ -14,18 +14,21 @@ def _packed(n: int, k: int, bits: int = 4, group: int = 128, sym: bool = False) 
                                        torch.randn(n))
 
 
-@pytest.mark.parametrize("kernel,dtype", [("c-int8", torch.bfloat16), ("c-int8", torch.float32),
-                                          ("auto", torch.bfloat16)])
-def test_fused_calls_equal_separate_calls(kernel, dtype):
-    layers = [_packed(n, 256) for n in (128, 64, 64)]
+@pytest.mark.parametrize("kernel,dtype,k,group", [("c-int8", torch.bfloat16, 256, 128),
+                                                  ("c-int8", torch.float32, 256, 128),
+                                                  ("auto", torch.bfloat16, 256, 128),
+                                                  ("c-int8", torch.bfloat16, 576, 64)])  # rows with a 32-byte tail
+def test_fused_calls_equal_separate_calls(kernel, dtype, k, group):
+    layers = [_packed(n, k, group=group) for n in (128, 64, 64)]
     for m in layers:
         set_kernel(m, kernel)
         m.prepare(dtype)
     fused = FusedLinears.build(layers, dtype)
     if fused is None:
         pytest.skip("no C compiler: no fused kernels")
-    x = torch.randn(1, 256).to(dtype)
+    x = torch.randn(1, k).to(dtype)
     for got, m in zip(fused(x), layers, strict=True):
+        assert m.backend() == ("c-int8" if kernel == "c-int8" else "c")
         assert got.dtype == dtype and torch.equal(got, m(x))
 
 

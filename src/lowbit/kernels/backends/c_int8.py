@@ -31,8 +31,9 @@ class CInt8Backend(CBackend):
         spec, k = layer.spec, layer.kernel_k
         groups = layer.scales.shape[1]
         gbytes = (k if groups == 1 else k // groups) * spec.bits // 8
-        return (spec.bits in (2, 4, 8) and k % 8 == 0 and k * spec.bits // 8 % 64 == 0
-                and (gbytes % 64 == 0 or gbytes in (16, 32)) and has_int8(lib))
+        row = k * spec.bits // 8  # whole 64-byte chunks, or groups of 16/32 bytes and a 32-byte tail
+        return (spec.bits in (2, 4, 8) and k % 8 == 0 and has_int8(lib)
+                and ((gbytes % 64 == 0 and row % 64 == 0) or (gbytes in (16, 32) and row % 32 == 0)))
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // layer.kernel_k

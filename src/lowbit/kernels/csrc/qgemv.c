@@ -71,7 +71,8 @@ static inline int64_t dot_bulk(const uint8_t *p, const float *x, int64_t len, in
 }
 #define I8_SHIFT(bits) 0
 
-/* Portable int8 row dots: byte j of a 64-byte chunk holds codes per*j + t, whose activations are at 64 t + j. */
+/* Portable int8 row dots: byte j of a 64-byte chunk (or of the row's 32-byte tail: 32 for 64) holds codes
+ * per*j + t, whose activations are at 64 t + j. */
 static void i8_dots(const uint8_t *qw, int64_t n0, int64_t nr, int64_t row_bytes, int bits, const int8_t *xm,
                     const float *xsm, const uint16_t *scales, int64_t per_row, int64_t G, int64_t gb, int64_t chunks,
                     float *dots) {
@@ -84,8 +85,9 @@ static void i8_dots(const uint8_t *qw, int64_t n0, int64_t nr, int64_t row_bytes
         for (int64_t g = 0; g < G; g++) {
             int32_t d = 0;
             for (int64_t b = g * gb; b < (g + 1) * gb; b++) {
+                const int64_t cw = G * gb - b / 64 * 64 < 64 ? G * gb - b / 64 * 64 : 64; /* a 32-byte tail */
                 const int8_t *xc = xm + b / 64 * 64 * per + b % 64;
-                for (int t = 0; t < per; t++) d += ((row[b] >> (t * bits)) & mask) * xc[64 * t];
+                for (int t = 0; t < per; t++) d += ((row[b] >> (t * bits)) & mask) * xc[cw * t];
             }
             acc += (float)d * (h2f(sc[g]) * xsm[g]);
         }
@@ -239,7 +241,10 @@ void lbq_dequant_int4pack_bf16(const uint8_t *w4, int64_t N, int64_t K, int64_t 
  * about 0.2-0.5% relative error per output, like llama.cpp's Q8 activations.
  * Layout: every 64 bytes of a row hold C = 64 * (8 / bits) codes; byte j holds codes per*j + t at bits
  * [t*bits, (t+1)*bits). lbq_quant_act writes the int8 activations of each such chunk permuted so that the
- * t-th 64-byte slice is x[per*j + t], j = 0..63, which lines the codes of one bit position up with them. */
+ * t-th 64-byte slice is x[per*j + t], j = 0..63, which lines the codes of one bit position up with them.
+ * A row of 64 c + 32 bytes (groups of 16 or 32 bytes, e.g. 4-bit rows of 576 at g64) ends in a 32-byte chunk,
+ * permuted the same way with 32 in place of 64. */
+#define CHUNK_BYTES(K, c0, bits) ((((K) - (c0)) * (bits) / 8) < 64 ? (((K) - (c0)) * (bits) / 8) : 64)
 
 static inline int8_t q8(float v, float inv) {
     float r = v * inv;
@@ -257,7 +262,7 @@ void lbq_quant_act(const void *x, int x_bf16, int64_t M, int64_t K, int bits, in
         if (x_bf16) for (int64_t k = 0; k < K; k++) xf[k] = bf16_to_f(xb[k]);
         else memcpy(xf, (const float *)x + m * K, (size_t)K * sizeof(float));
         int8_t *out = xq + m * K;
-        int64_t c0 = 0, j = 0;
+        int64_t c0 = 0, j = 0, cw = CHUNK_BYTES(K, 0, bits); /* cw: bytes of the chunk at code c0 */
         int t = 0;
         for (int64_t g = 0; g < G; g++) {
             const float *xg = xf + g * group;
@@ -269,11 +274,14 @@ void lbq_quant_act(const void *x, int x_bf16, int64_t M, int64_t K, int bits, in
             float inv = amax > 0 ? 127.f / amax : 0.f;
             xs[m * G + g] = amax / 127.f;
             int32_t sum = 0;
-            for (int64_t i = 0; i < group; i++) { /* code k = c0 + per * j + t goes to c0 + 64 * t + j */
+            for (int64_t i = 0; i < group; i++) { /* code k = c0 + per * j + t goes to c0 + cw * t + j */
                 int8_t q = q8(xg[i], inv);
-                out[c0 + 64 * t + j] = q;
+                out[c0 + cw * t + j] = q;
                 sum += q;
-                if (++t == per) { t = 0; if (++j == 64) { j = 0; c0 += 64 * per; } }
+                if (++t == per) {
+                    t = 0;
+                    if (++j == cw) { j = 0; c0 += cw * per; cw = CHUNK_BYTES(K, c0, bits); }
+                }
             }
             xsum[m * G + g] = sum;
         }
@@ -282,8 +290,9 @@ void lbq_quant_act(const void *x, int x_bf16, int64_t M, int64_t K, int bits, in
 
 int lbq_has_vnni(void) { return 1; } /* the int8 kernel exists at every level (the name is historical) */
 
-/* y [M, N] (fp32, or bf16 bits when y_bf16) = x W^T + bias from lbq_quant_act's output. Needs the row
- * length K * bits / 8 a multiple of 64 and the group's bytes a multiple of 64 or one of 16, 32.
+/* y [M, N] (fp32, or bf16 bits when y_bf16) = x W^T + bias from lbq_quant_act's output. Needs the group's
+ * bytes a multiple of 64 with the row length K * bits / 8 a multiple of 64, or groups of 16 or 32 bytes with
+ * the row length a multiple of 32 (`chunks` counts the whole 64-byte chunks, a 32-byte tail follows).
  * Scales and zeros as everywhere here (fp16; uint8 or NULL), read per group with the codes. */
 void lbq_gemv_i8(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t K,
                  const uint8_t *qw, int64_t N, int64_t row_bytes, int bits, int64_t group, int64_t G,

@@ -95,21 +95,32 @@ static inline void store_bf16(uint16_t *o, vacc w) { /* to_bf16 on 8 lanes: roun
  * (q - 128, vpsignb trick), so the dots are sum_k (q_k - I8_SHIFT) x_k and the caller corrects the zero. */
 #define I8_SHIFT(bits) ((bits) == 8 ? 128 : 0)
 
-/* 8 int32 partial dots of the 32-byte half h of a 64-byte chunk (codes w) with its activations xc. */
-static inline __attribute__((always_inline)) __m256i i8_half(__m256i w, const int8_t *xc, int h, int bits) {
+/* 8 int32 partial dots of 32 bytes of codes w with their activations: bit slice t at xc + stride * t (the
+ * 32-byte half h of a 64-byte chunk: xc + 32 h, stride 64; a row's 32-byte tail: stride 32). */
+static inline __attribute__((always_inline)) __m256i i8_dot32(__m256i w, const int8_t *xc, int stride, int bits) {
     const __m256i ones = _mm256_set1_epi16(1);
     if (bits == 8) {
         __m256i ws = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80));
-        __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 32 * h));
+        __m256i x = _mm256_loadu_si256((const __m256i *)xc);
         return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(x, ws)), ones);
     }
     const __m256i mask = _mm256_set1_epi8((char)((1 << bits) - 1));
     __m256i s = _mm256_setzero_si256();
     for (int t = 0; t < 8 / bits; t++) { /* at most 4 x 2 * 15 * 127 (4-bit) per int16: no overflow */
         __m256i c = _mm256_and_si256(_mm256_srli_epi16(w, t * bits), mask);
-        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c, _mm256_loadu_si256((const __m256i *)(xc + 64 * t + 32 * h))));
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c, _mm256_loadu_si256((const __m256i *)(xc + stride * t))));
     }
     return _mm256_madd_epi16(s, ones);
+}
+static inline __attribute__((always_inline)) __m256i i8_half(__m256i w, const int8_t *xc, int h, int bits) {
+    return i8_dot32(w, xc + 32 * h, 64, bits);
+}
+
+/* The group scales s_w s_x of 32 bytes of codes whose first group is g: one (groups of 32 bytes) or two in
+ * lanes 0-3 and 4-7 (16 bytes). */
+static inline __m256 i8_scales32(const uint16_t *sc, const float *xs, int64_t g, int64_t gb) {
+    if (gb == 32) return _mm256_set1_ps(h2f(sc[g]) * xs[g]);
+    return _mm256_setr_m128(_mm_set1_ps(h2f(sc[g]) * xs[g]), _mm_set1_ps(h2f(sc[g + 1]) * xs[g + 1]));
 }
 
 /* R rows (R <= 4, a constant after inlining) from row0 (stride row_bytes, scales sc0 + r * scs): out[r] =
@@ -151,16 +162,16 @@ static inline __attribute__((always_inline)) void i8_rows(const uint8_t *row0, i
                 for (int h = 0; h < 2; h++) {
                     __m256 d = _mm256_cvtepi32_ps(i8_half(_mm256_loadu_si256((const __m256i *)(p + 32 * h)), xc, h,
                                                           bits));
-                    __m256 sv;
-                    if (gb == 32) { /* the half is one group */
-                        int64_t g = 2 * c + h;
-                        sv = _mm256_set1_ps(h2f(sc[g]) * xs[g]);
-                    } else { /* 16 bytes: lanes 0-3 and 4-7 are two groups */
-                        int64_t g = 4 * c + 2 * h;
-                        sv = _mm256_setr_m128(_mm_set1_ps(h2f(sc[g]) * xs[g]), _mm_set1_ps(h2f(sc[g + 1]) * xs[g + 1]));
-                    }
-                    acc[r] = _mm256_fmadd_ps(d, sv, acc[r]);
+                    acc[r] = _mm256_fmadd_ps(d, i8_scales32(sc, xs, (64 * c + 32 * h) / gb, gb), acc[r]);
                 }
+            }
+        }
+        if (G * gb > 64 * chunks) { /* the row's 32-byte tail */
+            const int8_t *xc = xm + chunks * 64 * per;
+            for (int r = 0; r < R; r++) {
+                __m256 d = _mm256_cvtepi32_ps(i8_dot32(_mm256_loadu_si256((const __m256i *)(row0 + r * row_bytes +
+                                                                                             chunks * 64)), xc, 32, bits));
+                acc[r] = _mm256_fmadd_ps(d, i8_scales32(sc0 + r * scs, xs, 64 * chunks / gb, gb), acc[r]);
             }
         }
     }

@@ -175,7 +175,22 @@ static float row1(const uint8_t *row, int bits, const int8_t *xm, const float *x
         __m512 sv = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(cs));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sv, acc);
     }
-    return _mm512_reduce_add_ps(acc);
+    float tail = 0;
+    if (G * gb > 64 * chunks) { /* the row's 32-byte tail (activations of bit slice t at xc + 32 t): 256-bit VNNI */
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(row + chunks * 64)), m8 = _mm256_set1_epi8((char)((1 << bits) - 1));
+        const int8_t *xc = xm + chunks * 64 * per;
+        __m256i ai = _mm256_setzero_si256();
+        for (int t = 0; t < per; t++)
+            ai = _mm256_dpbusd_epi32(ai, bits == 8 ? w : _mm256_and_si256(_mm256_srli_epi16(w, t * bits), m8),
+                                     _mm256_loadu_si256((const __m256i *)(xc + 32 * t)));
+        int32_t d[8];
+        _mm256_storeu_si256((__m256i *)d, ai);
+        const int64_t g = 64 * chunks / gb;
+        if (gb == 32) tail = (float)(d[0] + d[1] + d[2] + d[3] + d[4] + d[5] + d[6] + d[7]) * h2f(sc[g]) * xs[g];
+        else tail = (float)(d[0] + d[1] + d[2] + d[3]) * h2f(sc[g]) * xs[g] +
+                    (float)(d[4] + d[5] + d[6] + d[7]) * h2f(sc[g + 1]) * xs[g + 1];
+    }
+    return _mm512_reduce_add_ps(acc) + tail;
 }
 
 /* dots[r] for rows n0 .. n0 + nr - 1 (nr <= 4) of lbq_gemv_i8. */
