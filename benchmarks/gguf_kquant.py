@@ -84,13 +84,15 @@ def main() -> None:
     summary = {}
     for t in a.types.split(","):
         base = results[f"llama.cpp {t} imatrix"]
-        for label in [f"llama.cpp {t} imatrix"] + [f"lowbit {t} {m}" for m in a.methods.split(",")]:
-            r = results[label]
+        for label in [f"llama.cpp {t} imatrix"] + [f"lowbit {t} {m}" for m in ("gptq", "rtn")]:
+            r = results.get(label)
+            if r is None:
+                continue
             lcp = r.get("llama_perplexity", {}).get("kld_mean", float("nan"))
             ratio = r["kld_mean"] / base["kld_mean"]
-            print(f"{label:28} {r['bytes'] / 1e6:7.2f} {r['kld_mean']:7.4f} {r['kld_p99']:6.3f} {r['top1']:6.3f} "
-                  f"{r['perplexity']:7.3f} {lcp:7.4f} {r['seconds']:6.1f} {ratio:7.3f}")
-            summary[label] = {"bytes": r["bytes"], "kld_mean": r["kld_mean"], "top1": r["top1"],
+            print(f"{label:28} {r['bytes'] / 1e6:7.2f} {r['kld_mean']:7.4f} {r['kld_p99']:6.3f} "
+                  f"{r['top1_agreement']:6.3f} {r['perplexity']:7.3f} {lcp:7.4f} {r['seconds']:6.1f} {ratio:7.3f}")
+            summary[label] = {"bytes": r["bytes"], "kld_mean": r["kld_mean"], "top1": r["top1_agreement"],
                               "ppl": r["perplexity"], "llama_kld": lcp, "seconds": r["seconds"],
                               "kld_vs_llamacpp": round(ratio, 4)}
     print(json.dumps({"model": a.model, "cells": summary}))

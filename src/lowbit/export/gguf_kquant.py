@@ -114,7 +114,10 @@ def write_gguf(model: nn.Module, src_dir: str | Path, out: str | Path, types: di
         w.add_tokenizer_pre(tokenizer_pre(src_dir, cfg))
         w.add_token_list(tokens)
         w.add_token_types(token_types)
-        gguf.SpecialVocab(src_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+        special = gguf.SpecialVocab(src_dir, load_merges=True, n_vocab=len(tokens))
+        special.add_to_gguf(w, quiet=True)
+        if "bos" not in special.add_special_token:  # the converter writes the default explicitly
+            w.add_add_bos_token(False)
         for name, t in state.items():
             gname = gguf_name(name, LLAMA_GGUF)
             module = name[:-len(".weight")] if name.endswith(".weight") else name
