@@ -93,16 +93,24 @@ def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
         write_gguf(load_model(tiny).model, tiny, tmp_path / "c.gguf", {"model.layers.0.mlp.down_proj": "Q4_K"})
 
 
-def test_mix_matches_llama_cpp_q4_k_m_on_smollm2_shapes():
+# tensor types of llama-quantize's files for SmolLM2-135M (hidden 576, MLP 1536, 30 layers, 9/3 heads, tied)
+LLAMA_CPP_SMOLLM2 = {
+    "Q4_K_M": {"Q8_0": 15, "Q5_0": 166, "Q4_K": 16, "Q6_K": 14},
+    "Q3_K_M": {"Q8_0": 1, "Q4_0": 120, "Q5_0": 58, "Q5_1": 2, "Q5_K": 1, "Q4_K": 29},
+}
+
+
+@pytest.mark.parametrize("ftype", list(LLAMA_CPP_SMOLLM2))
+def test_mix_matches_llama_cpp_on_smollm2_shapes(ftype):
     shapes = {"token_embd.weight": 576}
     for i in range(30):
         shapes |= {f"blk.{i}.{n}.weight": 576 for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
                                                          "ffn_up")}
         shapes[f"blk.{i}.ffn_down.weight"] = 1536
-    types, fell = llama_types("Q4_K_M", shapes, 30, 3, tied=True)
+    types, fell = llama_types(ftype, shapes, 30, 3, tied=True)
     counts = {k: list(types.values()).count(k) for k in set(types.values())}
-    assert counts == {"Q8_0": 15, "Q5_0": 166, "Q4_K": 16, "Q6_K": 14}
-    assert len(fell) == 180 and types["token_embd.weight"] == "Q8_0"
+    assert counts == LLAMA_CPP_SMOLLM2[ftype]
+    assert types["token_embd.weight"] == "Q8_0" and all(shapes[n] == 576 for n in fell)
 
 
 @pytest.mark.skipif(not os.environ.get("LLAMA_CPP_DIR"), reason="LLAMA_CPP_DIR (a built llama.cpp) not set")

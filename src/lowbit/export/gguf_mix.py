@@ -4,7 +4,7 @@ For a dense, non-Falcon model with an importance matrix: every quantized tensor 
 type; the output head (and a tied token_embd, which is the head) becomes Q8_0 when its rows are not a multiple
 of the base type's block, else Q6_K; attn_v, ffn_down and attn_output get more bits in some mixes (Q4_K_M's
 `use_more_bits`: the first and last eighth of the layers and every third one between); then a tensor whose
-rows are not a multiple of its type's block falls back (Q2_K/Q3_K/Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0,
+rows are not a multiple of its type's block falls back (Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0,
 and F16 if even that does not divide).
 """
 
@@ -23,7 +23,7 @@ FILE_TYPES = {
 }
 BLOCK = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256,
          "Q5_K": 256, "Q6_K": 256, "F16": 1, "F32": 1}
-FALLBACK = {"Q2_K": "Q5_0", "Q3_K": "Q5_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 def use_more_bits(i: int, n: int) -> bool:
