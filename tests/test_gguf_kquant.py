@@ -97,6 +97,7 @@ def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
 LLAMA_CPP_SMOLLM2 = {
     "Q4_K_M": {"Q8_0": 15, "Q5_0": 166, "Q4_K": 16, "Q6_K": 14},
     "Q3_K_M": {"Q8_0": 1, "Q4_0": 120, "Q5_0": 58, "Q5_1": 2, "Q5_K": 1, "Q4_K": 29},
+    "Q2_K": {"Q8_0": 1, "Q4_0": 180, "Q3_K": 30},
 }
 
 
