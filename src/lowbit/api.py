@@ -255,3 +255,66 @@ def generate_dir(
 def describe(res: dict) -> str:
     """One JSON line."""
     return json.dumps(res, sort_keys=True, default=str)
+
+
+def gguf_plan(loaded: object, ftype: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """llama.cpp's per-tensor types of a `ftype` file for a loaded Llama model: module name -> GGML type, and the
+    fallbacks taken (module -> (wanted, used))."""
+    from lowbit.export.gguf_mix import llama_types
+    from lowbit.export.gguf_writer import gguf_name, hparams
+
+    hp = hparams(loaded.config)
+    tied = bool(loaded.config.get("tie_word_embeddings", False))
+    mods = {n: m.in_features for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    mods["model.embed_tokens"] = loaded.model.get_input_embeddings().weight.shape[1]
+    if tied:
+        mods.pop("lm_head", None)
+    by_gguf = {gguf_name(f"{n}.weight"): n for n in mods}
+    types, fell = llama_types(ftype, {g: mods[n] for g, n in by_gguf.items()}, hp["layers"],
+                              hp["n_head"] // hp["n_kv"], tied)
+    return {by_gguf[g]: t for g, t in types.items()}, {by_gguf[g]: f for g, f in fell.items()}
+
+
+def quantize_gguf(
+    src: str | Path, out: str | Path, ftype: str, method: str = "gptq", calib: str | Path | None = None,
+    calib_config: CalibConfig | None = None, progress: bool = True, damp: float = 0.01, act_order: bool = True,
+    types: dict[str, str] | None = None,
+) -> dict:
+    """Quantize SRC into a GGUF file of llama.cpp's type `ftype` (its per-tensor mix, or `types` given per
+    module): block linears by GPTQ inside each GGML grid (or importance-weighted RTN, `method='rtn'`) on the
+    calibration text, the embedding rounded to nearest; written by lowbit.export.gguf_kquant.write_gguf."""
+    from collections import Counter
+
+    from lowbit.console import note
+    from lowbit.export.gguf_kquant import write_gguf
+    from lowbit.export.gguf_mix import file_type
+    from lowbit.ptq.gguf_quant import quantize_ggml
+
+    out = Path(out)
+    _, ftype_id = file_type(ftype)
+    calib_config = calib_config or CalibConfig()
+    src_path = resolve_source(src)
+    check_output(out, [src_path], "--out file")
+    limit = context_length(read_config(src_path))
+    check_calibration(calib_config.n_samples, calib_config.seq_len, limit, calib_config.batch_size)
+    text = read_text(calib, "calibration") if calib is not None else _default_text("calib")
+    t0 = time.perf_counter()
+    loaded = load_model(src_path)
+    if loaded.config.get("model_type") not in ("llama", "mistral"):
+        raise LowbitError(f"--gguf supports llama-architecture models; {src_path} is {loaded.config.get('model_type')}")
+    plan, fell = gguf_plan(loaded, ftype)
+    if types is not None:
+        plan = dict(types)
+    widths = Counter((loaded.model.get_submodule(n).weight.shape[1], *f) for n, f in fell.items())
+    for (cols, wanted, used), count in sorted(widths.items()) if types is None else []:
+        note(f"{count} tensors with rows of {cols} (not a multiple of {wanted}'s block) fall back to {used}, "
+             "as in llama.cpp")
+    note(f"{ftype}: " + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(plan.values()).items())))
+    tokens = calibration_windows(loaded.tokenizer, text, calib_config.n_samples, calib_config.seq_len,
+                                 calib_config.seed)
+    blocks, importance, seconds = quantize_ggml(loaded.model, loaded.family, plan, tokens, method,
+                                                calib_config.batch_size, progress, damp, act_order)
+    res = write_gguf(loaded.model, src_path, out, plan, blocks, importance, ftype_id)
+    return {**res, "type": ftype, "method": method, "quantize_seconds": seconds,
+            "total_seconds": time.perf_counter() - t0, "fallbacks": {k: list(v) for k, v in fell.items()},
+            "peak_rss_mb": peak_rss_mb()}

@@ -29,6 +29,9 @@ def _quantize(a: argparse.Namespace) -> None:
     if a.resume and not a.stream:
         raise LowbitError("--resume continues an interrupted --stream run; pass --stream --resume")
     check_output(a.out, [_source(a.src)])
+    if a.gguf:
+        _quantize_gguf(a)
+        return
     config = api.make_config(a.method, a.bits, a.group_size, not a.asym, a.range, a.act_bits, None, a.kv_bits,
                              recipe=a.recipe, damp=a.damp, act_order=not a.no_act_order,
                              true_sequential=a.true_sequential)
@@ -40,6 +43,21 @@ def _quantize(a: argparse.Namespace) -> None:
           f"{'' if res.get('kv_bits', 16) == 16 else ' KV' + str(res['kv_bits'])} via {res['method']}, "
           f"{'' if head is None else 'head and embedding ' + head.describe() + ', '}"
           f"{res['bits_per_weight']:.3f} bits/weight, "
+          f"{res['quantize_seconds']:.1f} s quantizing, peak RSS {res['peak_rss_mb']:.0f} MiB")
+
+
+def _quantize_gguf(a: argparse.Namespace) -> None:
+    from lowbit import api
+    from lowbit.ptq import CalibConfig
+
+    method = "gptq" if a.method == "gptq" else "rtn" if a.method == "rtn" else None
+    if method is None:
+        raise LowbitError(f"--gguf takes --method gptq (default) or rtn, not {a.method}")
+    calib = CalibConfig(n_samples=a.n_samples, seq_len=a.seq_len, batch_size=a.batch_size, seed=a.calib_seed)
+    res = api.quantize_gguf(a.src, a.out, a.gguf, method, a.calib, calib, damp=a.damp, act_order=not a.no_act_order)
+    print(api.describe(res) if a.json else
+          f"wrote {res['out']}: GGUF {res['type']} via {method}, {res['bytes'] / 1e6:.1f} MB "
+          f"({', '.join(f'{k} x{v}' for k, v in sorted(res['types'].items()))}), "
           f"{res['quantize_seconds']:.1f} s quantizing, peak RSS {res['peak_rss_mb']:.0f} MiB")
 
 
@@ -220,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stream", action="store_true",
                    help="never load the whole model: read, quantize and write one block at a time (large models)")
     q.add_argument("--resume", action="store_true", help="continue an interrupted --stream run")
-    q.add_argument("--out", required=True, help="output directory (must not exist)")
+    q.add_argument("--gguf", metavar="TYPE", help="write a GGUF file of llama.cpp's type TYPE instead (Q4_0, Q5_0, "
+                   "Q8_0, Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K; llama.cpp's per-tensor mix; --method gptq "
+                   "(GPTQ inside the K-quant grids) or rtn (importance-weighted, as llama.cpp with an imatrix))")
+    q.add_argument("--out", required=True, help="output directory (must not exist), or the .gguf file with --gguf")
     q.add_argument("--json", action="store_true", help="print one JSON line")
     q.set_defaults(fn=_quantize)
 

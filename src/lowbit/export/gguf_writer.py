@@ -225,11 +225,11 @@ def _table_jobs(src: ExportSource, names: GGUFNames, linears: list[str]) -> list
     return jobs
 
 
-def write_metadata(w, src: ExportSource, hp: dict, vocab: dict, qtype: str) -> None:  # w: gguf.GGUFWriter
-    """The llama.* hyper-parameters, file type and SentencePiece vocabulary."""
+def write_hparams(w, name: str, hp: dict, file_type: int) -> None:  # w: gguf.GGUFWriter
+    """The llama.* hyper-parameters and the file type."""
     import gguf
 
-    w.add_name(src.path.name)
+    w.add_name(name)
     w.add_context_length(hp["context"])
     w.add_embedding_length(hp["hidden"])
     w.add_block_count(hp["layers"])
@@ -243,8 +243,13 @@ def write_metadata(w, src: ExportSource, hp: dict, vocab: dict, qtype: str) -> N
     if hp["head_dim"] * hp["n_head"] != hp["hidden"]:
         w.add_key_length(hp["head_dim"])
         w.add_value_length(hp["head_dim"])
-    w.add_file_type(FILE_TYPE[qtype])
+    w.add_file_type(file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def write_metadata(w, src: ExportSource, hp: dict, vocab: dict, qtype: str) -> None:  # w: gguf.GGUFWriter
+    """The llama.* hyper-parameters, file type and SentencePiece vocabulary."""
+    write_hparams(w, src.path.name, hp, FILE_TYPE[qtype])
     w.add_tokenizer_model("llama")
     w.add_token_list(vocab["tokens"])
     w.add_token_scores(vocab["scores"])

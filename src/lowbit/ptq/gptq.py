@@ -3,10 +3,14 @@
 Per linear layer: the Hessian H = 2/n sum x x^T of its calibration inputs, dampening, optional activation
 ordering (columns by decreasing diag(H)), and lazy blocked updates with the upper Cholesky factor of H^-1.
 Group scales are fitted during the sweep, when the first column of a group is reached (with activation
-order, groups stay contiguous in the original column order, so checkpoints need no g_idx).
+order, groups stay contiguous in the original column order, so checkpoints need no g_idx). The sweep
+(`gptq_sweep`) rounds onto any `Grid`: lowbit's integer formats (`IntGrid`) or GGML's block types
+(lowbit.ptq.gptq_ggml).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
@@ -56,29 +60,59 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
                       "use more or longer calibration texts (--calib) or --method rtn")
 
 
-def gptq_quantize(
-    W: torch.Tensor, H: torch.Tensor, spec: WeightSpec, damp: float = 0.01, act_order: bool = True,
-    block_size: int = 128,
-) -> QuantizedWeight:
-    """Quantize a weight [out, in] with GPTQ given its input Hessian [in, in]."""
+class Grid(Protocol):
+    """Where GPTQ rounds to: a grid per group of contiguous columns, fitted when the group's first column is reached."""
+
+    def group_len(self, cols: int) -> int:
+        """Columns per group (the last group of a row may be shorter)."""
+
+    def fit(self, g: int, cur: torch.Tensor, h: torch.Tensor) -> None:
+        """Fit group g's grid on its current (error-updated) weights [out, len] with column importance h [len]."""
+
+    def round(self, w: torch.Tensor, g: int, j: int) -> torch.Tensor:
+        """Column j of group g, values [out], rounded to the group's grid (the dequantized values)."""
+
+
+class IntGrid:
+    """Grid of a lowbit WeightSpec: integer codes with a scale and zero per group (or per tensor)."""
+
+    def __init__(self, spec: WeightSpec, out: int, cols: int) -> None:
+        self.spec = spec
+        self.per_tensor = spec.group_size == -1
+        groups = 1 if self.per_tensor else spec.groups(cols)
+        self.scales, self.zeros = torch.zeros(out, groups), torch.zeros(out, groups)
+
+    def group_len(self, cols: int) -> int:
+        """Columns per group (all of them per tensor)."""
+        return cols if self.per_tensor else self.spec.group_len(cols)
+
+    def fit(self, g: int, cur: torch.Tensor, h: torch.Tensor) -> None:
+        """Range of the group from its current weights (one range over the whole weight per tensor)."""
+        s, z = fit_ranges(cur.reshape(1, -1) if self.per_tensor else cur, self.spec)
+        self.scales[:, g], self.zeros[:, g] = s[:, 0], z[:, 0]
+
+    def round(self, w: torch.Tensor, g: int, j: int) -> torch.Tensor:
+        """Round to nearest on the group's scale and zero."""
+        s, z = self.scales[:, g], self.zeros[:, g]
+        return dequantize(quantize(w, s, z, self.spec.bits), s, z)
+
+
+def gptq_sweep(W: torch.Tensor, H: torch.Tensor, grid: Grid, damp: float = 0.01, act_order: bool = True,
+               block_size: int = 128) -> torch.Tensor:
+    """GPTQ's error-compensating sweep of a weight [out, in] onto `grid`; returns the rounded weight (original
+    column order). Each group's grid is fitted (importance: the Hessian's diagonal) when its first column is
+    reached, on the weights as updated by the errors of the columns before it."""
     check_finite(W)
     out, cols = W.shape
-    n_groups = spec.groups(cols)
-    gs = spec.group_len(cols)
+    gs = grid.group_len(cols)
+    n_groups = -(-cols // gs)
     W = W.detach().clone().float()
     H = H.clone().float()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-
-    if spec.group_size == -1:  # per tensor: one range for the whole weight, fixed up front
-        s, z = fit_ranges(W.reshape(1, -1), spec)
-        scales, zeros = s.expand(out, 1).clone(), z.expand(out, 1).clone()
-        fitted = [True]
-    else:
-        scales = torch.zeros(out, n_groups)
-        zeros = torch.zeros(out, n_groups)
-        fitted = [False] * n_groups
+    importance = torch.diag(H).clone()
+    fitted = [False] * n_groups
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W = W[:, perm]
@@ -86,7 +120,8 @@ def gptq_quantize(
     U = _inverse_cholesky(H, damp)
     del H
     Q = torch.zeros_like(W)
-    group_of = (perm // gs).tolist() if spec.group_size != -1 else [0] * cols
+    group_of = (perm // gs).tolist()
+    col_in_group = (perm % gs).tolist()
     pos_of = torch.empty_like(perm)
     pos_of[perm] = torch.arange(cols)
 
@@ -101,19 +136,24 @@ def gptq_quantize(
                 idx = pos_of[g * gs:(g + 1) * gs]  # where the group's columns sit in the permuted order
                 cur = torch.where(((idx >= i1) & (idx < i2))[None, :], W1[:, (idx - i1).clamp(0, i2 - i1 - 1)],
                                   W[:, idx])
-                s, z = fit_ranges(cur, spec)
-                scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
+                grid.fit(g, cur, importance[g * gs:(g + 1) * gs])
                 fitted[g] = True
             w = W1[:, i]
-            s, z = scales[:, g], zeros[:, g]
-            q = dequantize(quantize(w, s, z, spec.bits), s, z)
+            q = grid.round(w, g, col_in_group[i1 + i])
             Q[:, i1 + i] = q
             err = (w - q) / U1[i, i]
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return Q[:, pos_of]  # back to the original column order
 
-    Q = Q[:, pos_of]  # back to the original column order
-    if spec.group_size == -1:
-        scales, zeros = scales[:1], zeros[:1]
+
+def gptq_quantize(
+    W: torch.Tensor, H: torch.Tensor, spec: WeightSpec, damp: float = 0.01, act_order: bool = True,
+    block_size: int = 128,
+) -> QuantizedWeight:
+    """Quantize a weight [out, in] with GPTQ given its input Hessian [in, in]."""
+    grid = IntGrid(spec, *W.shape)
+    Q = gptq_sweep(W, H, grid, damp, act_order, block_size)
+    scales, zeros = (grid.scales[:1], grid.zeros[:1]) if grid.per_tensor else (grid.scales, grid.zeros)
     return QuantizedWeight(quantize_with(Q, scales, zeros, spec), scales, zeros, spec)
