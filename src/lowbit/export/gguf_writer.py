@@ -31,6 +31,7 @@ from tqdm import tqdm
 from lowbit.console import note
 from lowbit.errors import LowbitError
 from lowbit.export.ggml_blocks import INT_RANGE, QK, QK_K, int_blocks, quantize_q4_k, quantize_q6_k
+from lowbit.export.gguf_mix import use_more_bits
 from lowbit.export.source import ExportSource
 from lowbit.files import atomic_output
 from lowbit.kernels.qlinear import PackedLinear
@@ -156,8 +157,7 @@ def more_bits(gname: str, n_layers: int) -> bool:
     m = re.fullmatch(r"blk\.(\d+)\.(attn_v|ffn_down)", gname)
     if not m:
         return False
-    i = int(m.group(1))
-    return i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
+    return use_more_bits(int(m.group(1)), n_layers)
 
 
 def linear_kind(in_features: int, qtype: str, gname: str = "", n_layers: int = 0) -> str:
