@@ -286,7 +286,7 @@ def quantize_gguf(
     from collections import Counter
 
     from lowbit.console import note
-    from lowbit.export.gguf_kquant import write_gguf
+    from lowbit.export.gguf_kquant import check_architecture, write_gguf
     from lowbit.export.gguf_mix import file_type
     from lowbit.ptq.gguf_quant import quantize_ggml
 
@@ -300,8 +300,7 @@ def quantize_gguf(
     text = read_text(calib, "calibration") if calib is not None else _default_text("calib")
     t0 = time.perf_counter()
     loaded = load_model(src_path)
-    if loaded.config.get("model_type") not in ("llama", "mistral"):
-        raise LowbitError(f"--gguf supports llama-architecture models; {src_path} is {loaded.config.get('model_type')}")
+    check_architecture(loaded.config, src_path)  # before the calibration work, not after it
     plan, fell = gguf_plan(loaded, ftype)
     if types is not None:
         plan = dict(types)

@@ -66,6 +66,13 @@ def bpe_vocab(src_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+def check_architecture(cfg: dict, src: Path) -> None:
+    """One-line error unless `cfg` (a config.json) is a llama-architecture model, the one write_gguf writes."""
+    if cfg.get("model_type") not in ("llama", "mistral"):
+        raise LowbitError(f"the K-quant GGUF export (--gguf) supports llama-architecture models; {src} is "
+                          f"{cfg.get('model_type')}")
+
+
 def _tensor(w: torch.Tensor, kind: str, data: np.ndarray | None, importance: torch.Tensor | None) -> np.ndarray:
     """GGUF data of a 2-D weight as `kind` (given bytes, or rounded to nearest here)."""
     if kind == "F32":
@@ -93,9 +100,7 @@ def write_gguf(model: nn.Module, src_dir: str | Path, out: str | Path, types: di
 
     src_dir, out = Path(src_dir), Path(out)
     cfg = json.loads((src_dir / "config.json").read_text())
-    if cfg.get("model_type") not in ("llama", "mistral"):
-        raise LowbitError(f"the K-quant GGUF export supports llama-architecture models; {src_dir} is "
-                          f"{cfg.get('model_type')}")
+    check_architecture(cfg, src_dir)
     hp = hparams(cfg)
     blocks, importance = blocks or {}, importance or {}
     tied = bool(cfg.get("tie_word_embeddings", False))
